@@ -1,0 +1,287 @@
+"""`python -m export.onnx CKPT [-o OUT.onnx] [--opset N] [--int8]`: the single-step LSTM cell to ONNX.
+
+Graph (DESIGN.md): token int64 (batch,), h and c float32 (layers, batch, hidden) -> logits float32
+(batch, vocab), h_out, c_out; batch is dynamic. It is CharLSTM.cell traced by torch's dynamo exporter,
+with the embedding and the first layer's input projection folded into one (vocab, 4*hidden) table,
+so it is Gather, MatMul, Add, Split, Sigmoid, Tanh, Mul: ops every runtime has (WebGL, WebGPU, mobile),
+as fast as the fused ONNX LSTM op on a CPU. One self-contained file, the vocabulary in its metadata.
+
+Every export verifies itself before the file appears: onnx.checker, then onnxruntime against the
+PyTorch `step` over 200 characters of text at batch 1 and 4 (max |logits difference| <= 1e-4), and
+500 greedy characters that must be identical. --int8 quantizes the weights (dynamic quantization) and
+checks that the loss on a text stays within 2% of fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from trainer.checkpoint import load_checkpoint
+from trainer.config import ConfigError, UserError, from_dict
+from trainer.data import load_corpus, resolve_corpus, split, user_cache_dir
+from trainer.model import CharLSTM, build_model
+
+FORMAT = "charlstm-cell/1"
+DEFAULT_OPSET = 18
+PARITY_TOLERANCE = 1e-4  # max |logits difference|, fp32
+INT8_TOLERANCE = 0.02  # relative loss increase allowed for --int8
+PARITY_CHARS, GREEDY_CHARS = 200, 500
+
+
+class ExportCell(nn.Module):
+    """CharLSTM.cell with the first layer's input gates looked up from a precomputed (V, 4H) table."""
+
+    def __init__(self, model: CharLSTM):
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            self.register_buffer("token_table", model.token_gates(torch.arange(model.vocab_size)))
+
+    def forward(self, token: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        return self.model.cell(nn.functional.embedding(token, self.token_table), h, c)
+
+
+def model_from_checkpoint(ckpt: dict, path: Path) -> CharLSTM:
+    try:
+        cfg = from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise UserError(f"{path}: the checkpoint's config is not valid ({e})") from None
+    model = build_model(len(ckpt["vocab"]), cfg.model)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"{path}: the weights do not fit the checkpoint's config ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def to_onnx(model: CharLSTM, opset: int) -> onnx.ModelProto:
+    """Trace the cell with a dynamic batch; the exporter's chatter is kept off the terminal."""
+    cell = ExportCell(model).eval()
+    example = (torch.zeros(2, dtype=torch.int64), *model.zero_state(2))
+    batch = torch.export.Dim("batch", min=1)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            cell,
+            example,
+            input_names=["token", "h", "c"],
+            output_names=["logits", "h_out", "c_out"],
+            dynamic_shapes={"token": {0: batch}, "h": {1: batch}, "c": {1: batch}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,  # one self-contained file, weights inside
+        )
+    return program.model_proto
+
+
+def set_metadata(proto: onnx.ModelProto, ckpt: dict) -> None:
+    values = {
+        "format": FORMAT,
+        "vocab": json.dumps(ckpt["vocab"]),
+        "config": json.dumps(ckpt["config"]),
+        "step": str(ckpt["step"]),
+        "val_loss": "" if ckpt["val_loss"] is None else repr(float(ckpt["val_loss"])),
+    }
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def reference_text(ckpt: dict, model: CharLSTM, eval_text: str | None, min_chars: int) -> tuple[str, str]:
+    """Text to verify against: --eval-text, else the checkpoint's validation split when its corpus is at
+    hand (never downloaded here), else text sampled from the PyTorch model itself."""
+    if eval_text is not None:
+        try:
+            text = Path(eval_text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--eval-text {eval_text}: cannot read it as UTF-8 text ({e})") from None
+        known = set(ckpt["vocab"])
+        text = "".join(ch for ch in text if ch in known)
+        if len(text) < min_chars:
+            raise UserError(f"--eval-text {eval_text}: needs at least {min_chars} characters the model knows")
+        return text, eval_text
+    spec = ckpt["config"].get("data", {}).get("path", "")
+    at_hand = spec == "builtin:python-stdlib" or (
+        spec == "tinyshakespeare" and (user_cache_dir() / "tinyshakespeare.txt").is_file()
+    ) or Path(spec).is_file()
+    if at_hand:
+        try:
+            resolve_corpus(spec)
+            corpus = load_corpus(spec)
+            if corpus.sha256 == ckpt.get("corpus_sha256") and corpus.vocab == ckpt["vocab"]:
+                _, val = split(corpus.ids, ckpt["config"]["data"]["val_fraction"])
+                if len(val) >= min_chars:
+                    return corpus.decode(np.asarray(val)), f"the validation split of {spec}"
+        except UserError:
+            pass
+    generator = torch.Generator().manual_seed(0)
+    token, (h, c), ids = torch.zeros(1, dtype=torch.int64), model.zero_state(1), []
+    with torch.no_grad():
+        for _ in range(min_chars):
+            logits, h, c = model.step(token, h, c)
+            token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+            ids.append(int(token))
+    return "".join(ckpt["vocab"][i] for i in ids), "text sampled from the PyTorch model (corpus not at hand)"
+
+
+def verify(path: Path, model: CharLSTM, vocab: list[str], text: str) -> list[str]:
+    """Parity of onnxruntime with the PyTorch step; raises UserError on any mismatch."""
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path), full_check=True)
+    report = ["onnx.checker: ok"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    index = {ch: i for i, ch in enumerate(vocab)}
+    ids = np.array([index[ch] for ch in text], dtype=np.int64)
+    prime = 50
+    worst = {}
+    for batch in (1, 4):
+        offsets = np.arange(batch) * ((len(ids) - prime - PARITY_CHARS) // 4)
+        h_t, c_t = model.zero_state(batch)
+        h_o, c_o = h_t.numpy(), c_t.numpy()
+        worst[batch] = 0.0
+        with torch.no_grad():
+            for t in range(prime + PARITY_CHARS):
+                token = ids[offsets + t]
+                logits_t, h_t, c_t = model.step(torch.from_numpy(token), h_t, c_t)
+                logits_o, h_o, c_o = session.run(None, {"token": token, "h": h_o, "c": c_o})
+                if t >= prime:  # from a primed state, over PARITY_CHARS characters
+                    worst[batch] = max(worst[batch], float(np.abs(logits_o - logits_t.numpy()).max()))
+        if not worst[batch] <= PARITY_TOLERANCE:
+            raise UserError(
+                f"export failed verification: max |logits difference| {worst[batch]:.3g} at batch {batch} "
+                f"exceeds {PARITY_TOLERANCE:g}"
+            )
+    report.append(
+        f"parity with PyTorch step over {PARITY_CHARS} chars: max |logits difference| "
+        + ", ".join(f"{v:.2e} at batch {b}" for b, v in worst.items())
+        + f" (limit {PARITY_TOLERANCE:g})"
+    )
+    greedy_t, greedy_o = [], []
+    with torch.no_grad():
+        h_t, c_t = model.zero_state(1)
+        h_o, c_o = h_t.numpy(), c_t.numpy()
+        for token in ids[:prime]:
+            logits_t, h_t, c_t = model.step(torch.tensor([token]), h_t, c_t)
+            logits_o, h_o, c_o = session.run(None, {"token": np.array([token]), "h": h_o, "c": c_o})
+        for _ in range(GREEDY_CHARS):
+            next_t, next_o = int(logits_t.argmax()), int(logits_o.argmax())
+            greedy_t.append(next_t)
+            greedy_o.append(next_o)
+            logits_t, h_t, c_t = model.step(torch.tensor([next_t]), h_t, c_t)
+            logits_o, h_o, c_o = session.run(None, {"token": np.array([next_o]), "h": h_o, "c": c_o})
+    if greedy_t != greedy_o:
+        where = next(i for i, (a, b) in enumerate(zip(greedy_t, greedy_o)) if a != b)
+        raise UserError(f"export failed verification: greedy text differs from PyTorch at character {where}")
+    report.append(f"greedy {GREEDY_CHARS} chars: identical to PyTorch")
+    return report
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, ckpt: dict) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    proto = onnx.load(str(int8_path))
+    set_metadata(proto, ckpt)
+    onnx.save(proto, str(int8_path))
+
+
+def check_output_path(out: Path) -> None:
+    if out.is_dir():
+        raise UserError(f"output {out} is a folder")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"output {out} is not writable")
+
+
+def export(ckpt_path: Path, out: Path | None, opset: int, int8: bool, eval_text: str | None) -> list[str]:
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path)
+    if out is None:
+        out = ckpt_path.with_suffix(".int8.onnx" if int8 else ".onnx")
+    check_output_path(out)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UserError("onnxruntime is missing: pip install 'charlstm[cpu]' (or [gpu])") from None
+    try:
+        proto = to_onnx(model, opset)
+    except Exception as e:  # the exporter raises many types; one line is what a user needs
+        raise UserError(f"the ONNX exporter failed at opset {opset}: {str(e).strip().splitlines()[0][:200]}") from None
+    set_metadata(proto, ckpt)
+    text, source = reference_text(ckpt, model, eval_text, min_chars=2 * (50 + PARITY_CHARS) * 4)
+    with tempfile.TemporaryDirectory(dir=out.parent if str(out.parent) else ".", prefix=".export-") as tmp:
+        fp32_path = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(fp32_path))
+        report = verify(fp32_path, model, ckpt["vocab"], text)
+        report.insert(0, f"verified on {source}")
+        final = fp32_path
+        if int8:
+            from serve.sampler import Sampler
+            from serve.score import score
+
+            int8_path = Path(tmp) / "model.int8.onnx"
+            quantize_int8(fp32_path, int8_path, ckpt)
+            sample = text[:100_000]
+            loss32 = score(Sampler(fp32_path, device="cpu"), sample, streams=16)
+            loss8 = score(Sampler(int8_path, device="cpu"), sample, streams=16)
+            change = (loss8 - loss32) / loss32
+            report.append(
+                f"int8: {fp32_path.stat().st_size / 1e6:.2f} MB -> {int8_path.stat().st_size / 1e6:.2f} MB; loss "
+                f"{loss32 / math.log(2):.4f} -> {loss8 / math.log(2):.4f} bpc ({100 * change:+.2f}%) "
+                f"on {len(sample):,} chars"
+            )
+            if change > INT8_TOLERANCE:
+                raise UserError(f"int8 loss is {100 * change:.2f}% above fp32 (limit {100 * INT8_TOLERANCE:.0f}%)")
+            final = int8_path
+        os.replace(final, out)
+    val = ckpt["val_loss"]
+    val_text = f", val {val:.4f} nats" if val is not None else ""
+    report.insert(0, f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, opset {opset}, step {ckpt['step']}{val_text})")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="export.onnx", description="Export a charlstm checkpoint's single-step cell to one .onnx file."
+    )
+    parser.add_argument("checkpoint", help="ckpt.pt or best.pt of a training run")
+    parser.add_argument("-o", "--output", help="output .onnx (default: CKPT with the suffix .onnx)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--int8", action="store_true", help="quantize weights to int8 (default out: CKPT.int8.onnx)")
+    parser.add_argument("--eval-text", help="UTF-8 text for the checks (default: the validation split if at hand)")
+    args = parser.parse_args(argv)
+    try:
+        report = export(Path(args.checkpoint), Path(args.output) if args.output else None, args.opset, args.int8,
+                        args.eval_text)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

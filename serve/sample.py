@@ -1,0 +1,61 @@
+"""`python -m serve.sample MODEL.onnx --prime TEXT --length N --top-k K`: stream generated text to stdout.
+
+The seed's `sample(net, 1000, prime='El libro empieza años', top_k=5)` is
+`python -m serve.sample model.onnx --prime 'El libro empieza años' --length 1000 --top-k 5`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from serve.sampler import Sampler, SamplerError
+from serve.score import read_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serve.sample", description="Generate text from a charlstm .onnx.")
+    parser.add_argument("model", help="an .onnx exported by export.onnx")
+    parser.add_argument("--prime", default="", help="text to start from (default: a fresh start)")
+    parser.add_argument("--prime-file", help="read the prime from this UTF-8 file instead")
+    parser.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the K most likely (1 = greedy)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus: the smallest set with mass P")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; <1 safer, >1 wilder")
+    parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples generated together (batched)")
+    parser.add_argument("--unknown", choices=["error", "skip"], default="error",
+                        help="prime characters outside the vocabulary: error (default) or skip them")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    args = parser.parse_args(argv)
+    try:
+        if args.prime_file and args.prime:
+            raise SamplerError("give --prime or --prime-file, not both")
+        prime = read_text(args.prime_file) if args.prime_file else args.prime
+        sampler = Sampler(args.model, device=args.device, threads=args.threads)
+        if args.num_samples == 1:
+            pieces = sampler.stream(prime, args.length, args.top_k, args.temperature, args.top_p, args.seed,
+                                    1, args.unknown)
+            first = next(pieces, "")  # the options and the prime are checked before anything is printed
+            sys.stdout.write(prime + first)
+            for ch in pieces:
+                sys.stdout.write(ch)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            texts = sampler.generate(prime, args.length, args.top_k, args.temperature, args.top_p, args.seed,
+                                     args.num_samples, args.unknown)
+            for i, text in enumerate(texts):
+                sys.stdout.write(f"--- sample {i + 1}\n{prime}{text}\n")
+        sys.stdout.flush()
+    except SamplerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`python -m serve.score MODEL.onnx FILE`: the model's loss on a text, in nats and bits per character.
+
+The text is cut into B streams (B = the training batch size from the model's metadata, or --streams)
+read in parallel with the state carried, exactly as the trainer evaluates its validation split, so on
+that split the two numbers agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from serve.sampler import Sampler, SamplerError
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise SamplerError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SamplerError(f"{path}: not UTF-8 text (invalid byte at byte offset {e.start})") from None
+
+
+def score(sampler: Sampler, text: str, streams: int | None = None, unknown: str = "error",
+          progress: bool = False) -> float:
+    """Mean loss in nats per predicted character of `text` under the model."""
+    ids = sampler.encode(text, unknown)
+    if len(ids) < 2:
+        raise SamplerError("the text needs at least 2 known characters to score")
+    batch = streams or int(sampler.config.get("train", {}).get("batch_size", 1))
+    if batch < 1:
+        raise SamplerError(f"streams must be >= 1, got {batch}")
+    batch = min(batch, len(ids) - 1)
+    stream_len = (len(ids) - 1) // batch
+    starts = np.arange(batch) * stream_len
+    run = sampler._runner(batch)
+    rows = np.arange(batch)
+    total = 0.0
+    clock = time.monotonic()
+    for t in range(stream_len):
+        logits = run(ids[starts + t]).astype(np.float64)
+        top = logits.max(axis=1)
+        log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        total += float((log_z - logits[rows, ids[starts + t + 1]]).sum())
+        if progress and (time.monotonic() - clock > 0.5 or t == stream_len - 1):
+            clock = time.monotonic()
+            print(f"\rscoring {t + 1}/{stream_len} steps x {batch} streams", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    return total / (batch * stream_len)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serve.score", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser.add_argument("model", help="an .onnx exported by export.onnx")
+    parser.add_argument("file", help="a UTF-8 text file")
+    parser.add_argument("--streams", type=int, default=None, help="parallel streams (default: the training batch)")
+    parser.add_argument("--unknown", choices=["error", "skip"], default="error",
+                        help="characters outside the vocabulary: error (default) or skip them")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+    try:
+        sampler = Sampler(args.model, device=args.device)
+        text = read_text(args.file)
+        loss = score(sampler, text, args.streams, args.unknown, progress=not args.quiet)
+    except SamplerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{loss:.6f} nats/char  {loss / math.log(2):.6f} bpc  ({len(text):,} characters, {args.file})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Typed configuration. YAML files and `key.sub=value` overrides only fill these dataclasses in.
+
+Every field is checked: an unknown key, a value of the wrong type or an out-of-range value raises
+ConfigError naming the key, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class UserError(Exception):
+    """Bad input from the user; the CLI prints the message as one line and exits non-zero."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    path: str = "tinyshakespeare"
+    """A UTF-8 text file, `tinyshakespeare` (downloaded once, sha256-checked) or `builtin:python-stdlib`."""
+    val_fraction: float = 0.1
+    """The LAST this fraction of the corpus is the validation split; training uses what comes before."""
+
+
+@dataclass
+class ModelConfig:
+    embed: int = 64  # character embedding size; the first layer's input projection folds into a table
+    hidden: int = 512  # LSTM hidden size H
+    layers: int = 2  # stacked LSTM layers
+    dropout: float = 0.25  # between LSTM layers and before the output head (training only)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # GLOBAL number of parallel character streams, split evenly over processes
+    seq_len: int = 100  # truncated-BPTT window T; state is carried from one window to the next
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    min_lr: float = 3e-4  # cosine decay ends here at max_steps
+    warmup_steps: int = 50  # linear warmup from 0 to lr
+    weight_decay: float = 0.0  # AdamW decoupled weight decay, applied to matrices only
+    beta2: float = 0.99  # AdamW second-moment decay (beta1 is 0.9)
+    max_steps: int = 2000  # total optimizer steps (a resumed run counts from its checkpoint)
+    grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
+    grad_accum: int = 1  # split each process's streams into this many micro-batches per step
+    seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
+    eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
+    save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
+    log_every: int = 10  # log train loss and speed every this many steps
+    mixed_precision: str = "no"  # `no` (fp32), `bf16` (CPU or GPU) or `fp16` (GPU only, loss scaling)
+    max_minutes: float | None = None  # optional wall-clock budget; the run stops with a final eval and save
+    compile: bool = False  # torch.compile the model (GPU; pays off on long runs)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/default"  # run directory: ckpt.pt, best.pt, metrics.jsonl, config.yaml, loss.png
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return value if it fits the annotation (ints are accepted for floats), else raise ConfigError."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"types": types})  # noqa: S307 (our own annotations)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                pass
+        names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+        raise ConfigError(f"config key {key!r}: expected {names}, got {value!r}")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return value
+    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation is bool and isinstance(value, bool):
+        return value
+    if annotation is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key {key!r}: expected {annotation.__name__}, got {value!r}")
+
+
+def _fill(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(prefix + f for f in fields)})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, key + ".")
+        else:
+            setattr(obj, name, _check_type(key, value, fields[name].type))
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    positive = {
+        "model.embed": cfg.model.embed,
+        "model.hidden": cfg.model.hidden,
+        "model.layers": cfg.model.layers,
+        "train.batch_size": cfg.train.batch_size,
+        "train.seq_len": cfg.train.seq_len,
+        "train.max_steps": cfg.train.max_steps,
+        "train.grad_accum": cfg.train.grad_accum,
+        "train.eval_every": cfg.train.eval_every,
+        "train.save_every": cfg.train.save_every,
+        "train.log_every": cfg.train.log_every,
+        "train.lr": cfg.train.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {value}")
+    non_negative = {
+        "train.min_lr": cfg.train.min_lr,
+        "train.warmup_steps": cfg.train.warmup_steps,
+        "train.weight_decay": cfg.train.weight_decay,
+        "train.grad_clip": cfg.train.grad_clip,
+        "train.seed": cfg.train.seed,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
+    if not 0.0 < cfg.train.beta2 < 1.0:
+        raise ConfigError(f"config key 'train.beta2' must be in (0, 1), got {cfg.train.beta2}")
+    if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(
+            f"config key 'train.mixed_precision' must be no, bf16 or fp16, got {cfg.train.mixed_precision!r}"
+        )
+    if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
+        raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {cfg.train.max_minutes}")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ConfigError(
+            f"config key 'train.grad_accum' ({cfg.train.grad_accum}) must divide the per-process batch"
+        )
+    if not cfg.out_dir:
+        raise ConfigError("config key 'out_dir' must not be empty")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _fill(cfg, values)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file, then dotted overrides; validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+    cfg = Config()
+    _fill(cfg, values)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        _fill(cfg, nested)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

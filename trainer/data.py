@@ -1,0 +1,301 @@
+"""Corpus -> character ids -> sharded stateful streams.
+
+The corpus is read in chunks and encoded with numpy (no Python loop per character), so a 100 MB
+text encodes at tens of MB/s and a corpus larger than RAM still trains: the ids are written once to
+a memory-mapped .npy cache keyed by the corpus' sha256, next to the corpus when that folder is
+writable, else in the user cache folder.
+
+Stream layout (training). The train split of n ids is cut into B streams of S = W*T characters,
+W = (n - 1) // (B*T) windows per epoch. Stream b reads ids[b*S + w*T : b*S + (w+1)*T] at window w
+and predicts the same slice shifted by one, so the B streams tile ids[0 : B*S] exactly, each one
+contiguous from window to window. The window is a pure function of the step (w = step % W), which
+makes resume exact; at w == 0 a new epoch starts and the carried LSTM state is reset.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.config import UserError
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CHUNK_BYTES = 16 << 20  # encode 16 MB at a time: bounded memory for any corpus size
+MAX_CODEPOINT = 0x110000
+
+
+def user_cache_dir() -> Path:
+    if os.environ.get("CHARLSTM_CACHE_DIR"):
+        return Path(os.environ["CHARLSTM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charlstm"
+
+
+# ---------------------------------------------------------------- corpus sources
+
+
+def fetch_tinyshakespeare() -> Path:
+    """Tiny Shakespeare from the char-rnn repository, downloaded once into the cache, sha256-checked."""
+    path = user_cache_dir() / "tinyshakespeare.txt"
+    if path.is_file() and _sha256_file(path) == TINYSHAKESPEARE_SHA256:
+        return path
+    try:
+        with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=20) as response:
+            payload = response.read()
+    except OSError as e:
+        raise UserError(f"could not download Tiny Shakespeare from {TINYSHAKESPEARE_URL}: {e}") from None
+    if hashlib.sha256(payload).hexdigest() != TINYSHAKESPEARE_SHA256:
+        raise UserError(f"the download from {TINYSHAKESPEARE_URL} does not match its sha256")
+    _atomic_write_bytes(path, payload)
+    return path
+
+
+def build_python_stdlib() -> Path:
+    """The running Python's standard library .py files, concatenated in sorted path order."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    version = "{}.{}.{}".format(*sys.version_info[:3])
+    path = user_cache_dir() / f"python-stdlib-{version}.txt"
+    if path.is_file():
+        return path
+    parts = []
+    for file in sorted(stdlib.rglob("*.py")):
+        if "site-packages" in file.relative_to(stdlib).parts:
+            continue
+        try:
+            parts.append(file.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue  # a few test fixtures are deliberately not UTF-8
+    _atomic_write_bytes(path, "".join(parts).encode("utf-8"))
+    return path
+
+
+def resolve_corpus(spec: str) -> Path:
+    """A data.path value -> a readable text file."""
+    if spec == "tinyshakespeare":
+        return fetch_tinyshakespeare()
+    if spec == "builtin:python-stdlib":
+        return build_python_stdlib()
+    if spec.startswith("builtin:"):
+        raise UserError(f"data.path: unknown built-in corpus {spec!r} (known: builtin:python-stdlib)")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"data.path: {spec!r} does not exist")
+    if not path.is_file():
+        raise UserError(f"data.path: {spec!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"data.path: {spec!r} is not readable")
+    return path
+
+
+# ---------------------------------------------------------------- encoding
+
+
+@dataclass
+class Corpus:
+    ids: np.ndarray  # (n,) token ids, memory-mapped, smallest unsigned dtype that fits the vocab
+    vocab: list[str]  # vocab[id] = the character; sorted by code point
+    sha256: str  # of the corpus bytes
+
+    def decode(self, ids: np.ndarray) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise AssertionError("unreachable: Unicode has fewer than 2**32 code points")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _codepoint_chunks(path: Path):
+    """Yield the corpus as uint32 code point arrays, one per chunk; bad UTF-8 -> UserError with offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(CHUNK_BYTES)
+            final = not block
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(block, final=final)
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at byte offset "
+                    f"{offset - pending + e.start})"
+                ) from None
+            offset += len(block)
+            if text:
+                if text.isascii():  # the common case: one byte per character, no re-encoding needed
+                    yield np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+                else:
+                    yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            if final:
+                return
+
+
+def encode_file(path: Path, out: Path) -> tuple[np.ndarray, list[str]]:
+    """Two chunked passes: count code points, then map them to ids into a .npy file at `out`."""
+    counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
+    for cps in _codepoint_chunks(path):
+        span = 256 if cps.dtype == np.uint8 else MAX_CODEPOINT
+        counts[:span] += np.bincount(cps, minlength=span)
+    total = int(counts.sum())
+    if total == 0:
+        raise UserError(f"{path}: the file is empty")
+    codepoints = np.flatnonzero(counts)
+    vocab = [chr(cp) for cp in codepoints]
+    dtype = id_dtype(len(vocab))
+    lookup = np.zeros(MAX_CODEPOINT, dtype=dtype)
+    lookup[codepoints] = np.arange(len(codepoints), dtype=dtype)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
+    position = 0
+    for cps in _codepoint_chunks(path):
+        ids[position : position + len(cps)] = lookup[cps]
+        position += len(cps)
+    ids.flush()
+    del ids
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return np.load(out, mmap_mode="r"), vocab
+
+
+def cache_paths(path: Path, sha256: str) -> tuple[Path, Path]:
+    folder = path.resolve().parent / ".charlstm"
+    writable = os.access(folder if folder.exists() else folder.parent, os.W_OK)
+    if not writable:
+        folder = user_cache_dir() / "ids"
+    stem = f"{path.name}.{sha256[:16]}"
+    return folder / f"{stem}.ids.npy", folder / f"{stem}.vocab.json"
+
+
+def load_corpus(spec: str) -> Corpus:
+    """Resolve, hash, and encode (or reuse the cached encoding of) a corpus."""
+    path = resolve_corpus(spec)
+    sha256 = _sha256_file(path)
+    ids_path, vocab_path = cache_paths(path, sha256)
+    if ids_path.is_file() and vocab_path.is_file():
+        try:
+            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))["vocab"]
+            ids = np.load(ids_path, mmap_mode="r")
+            if ids.dtype == id_dtype(len(vocab)) and ids.ndim == 1:
+                return Corpus(ids, vocab, sha256)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is simply rebuilt
+    ids, vocab = encode_file(path, ids_path)
+    _atomic_write_bytes(vocab_path, json.dumps({"vocab": vocab, "sha256": sha256}).encode("utf-8"))
+    return Corpus(ids, vocab, sha256)
+
+
+def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val): validation is the LAST val_fraction of the corpus."""
+    n_val = int(len(ids) * val_fraction)
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+# ---------------------------------------------------------------- streams
+
+
+class TrainStreams:
+    """B contiguous streams over the train split; window(step) is a pure function of the step."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        need = batch_size * seq_len + 1
+        if len(ids) < need:
+            raise UserError(
+                f"the training split has {len(ids):,} characters but batch_size={batch_size} x "
+                f"seq_len={seq_len} needs at least {need:,}: use a smaller train.batch_size or "
+                "train.seq_len, or a longer text"
+            )
+        self.ids = ids
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.windows_per_epoch = (len(ids) - 1) // (batch_size * seq_len)  # W
+        self.stream_len = self.windows_per_epoch * seq_len  # S
+        self._offsets = np.arange(seq_len + 1)
+
+    def window(self, step: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets (last-first, T) int64 of streams [first, last) at this step."""
+        w = step % self.windows_per_epoch
+        starts = np.arange(first, last) * self.stream_len + w * self.seq_len
+        chunk = self.ids[starts[:, None] + self._offsets].astype(np.int64)  # (b, T+1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def starts_epoch(self, step: int) -> bool:
+        """True when this step begins a pass over the data: the carried state must be reset."""
+        return step % self.windows_per_epoch == 0
+
+
+class EvalStreams:
+    """The WHOLE validation split as B streams of (m-1)//B characters, read in windows of T (the last
+    one shorter), state carried. serve.score uses the same layout, so the two losses agree."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        if len(ids) < batch_size + 1:
+            raise UserError(
+                f"the validation split has {len(ids):,} characters, too few for {batch_size} streams "
+                f"(needs at least {batch_size + 1:,}): raise data.val_fraction, use a smaller "
+                "train.batch_size, or a longer text"
+            )
+        self.ids = ids
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.stream_len = (len(ids) - 1) // batch_size
+
+    def windows(self, first: int, last: int):
+        """Yield (inputs, targets) int64 arrays (last-first, t <= T) covering streams [first, last)."""
+        for start in range(0, self.stream_len, self.seq_len):
+            length = min(self.seq_len, self.stream_len - start)
+            starts = np.arange(first, last) * self.stream_len + start
+            chunk = self.ids[starts[:, None] + np.arange(length + 1)].astype(np.int64)
+            yield chunk[:, :-1], chunk[:, 1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.data SPEC`: resolve and encode a corpus, print where it lives (used by launch.sh)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m trainer.data DATA_PATH   (a file, tinyshakespeare or builtin:python-stdlib)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        corpus = load_corpus(argv[0])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{len(corpus.ids):,} characters, vocab {len(corpus.vocab)}, sha256 {corpus.sha256[:16]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The character LSTM: embedding -> L stacked LSTM layers -> dropout -> linear head.
+
+Two views of the same weights:
+- `forward(tokens, state)` runs whole windows (B, T) through cuDNN / oneDNN LSTM kernels for training;
+- `step(token, h, c)` advances one character with the cell written out (gates i, f, g, o as in
+  nn.LSTM). It is the reference for export (export/onnx.py traces `cell`) and for the parity tests.
+The model knows nothing of accelerate, devices or precision: the trainer owns those.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+State = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.hidden = hidden
+        self.layers = layers
+        self.dropout = dropout
+        self.embed = nn.Embedding(vocab_size, embed)
+        # One single-layer nn.LSTM per layer (not one nn.LSTM(num_layers=L)) so that the dropout between
+        # layers takes masks from the caller: the trainer keys them by step and stream, which makes
+        # N processes equal 1 and resume exact, with dropout on.
+        self.lstms = nn.ModuleList(
+            nn.LSTM(embed if i == 0 else hidden, hidden, batch_first=True) for i in range(layers)
+        )
+        self.head = nn.Linear(hidden, vocab_size)
+        with torch.no_grad():  # forget-gate bias 1: remember by default early in training
+            for lstm in self.lstms:
+                lstm.bias_ih_l0[hidden : 2 * hidden].fill_(1.0)
+                lstm.bias_hh_l0[hidden : 2 * hidden].zero_()
+
+    def zero_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        shape = (self.layers, batch, self.hidden)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def forward(
+        self, tokens: Tensor, state: State | None = None, dropout_masks: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """tokens (B, T) int64; state (h, c) (L, B, H) or None for zeros; dropout_masks (L, B, T, H)
+        with entries 0 or 1/(1-p), one per dropout site (after each layer), or None to draw them here.
+        Returns logits (B, T, V) and the state after the last character."""
+        x = self.embed(tokens)  # (B, T, E)
+        hs, cs = [], []
+        for i, lstm in enumerate(self.lstms):
+            layer_state = None if state is None else (state[0][i : i + 1].contiguous(), state[1][i : i + 1].contiguous())
+            x, (h, c) = lstm(x, layer_state)  # x (B, T, H); h, c (1, B, H)
+            x = self._dropout(x, dropout_masks, i)
+            hs.append(h)
+            cs.append(c)
+        logits = self.head(x)  # (B, T, V)
+        return logits, (torch.cat(hs), torch.cat(cs))
+
+    def _dropout(self, x: Tensor, masks: Tensor | None, site: int) -> Tensor:
+        if not self.training or self.dropout == 0.0:
+            return x
+        if masks is None:
+            return F.dropout(x, self.dropout, training=True)
+        return x * masks[site].to(x.dtype)
+
+    # ------------------------------------------------------------ single step (inference)
+
+    def token_gates(self, token: Tensor) -> Tensor:
+        """token (B,) -> the first layer's input gate pre-activations (B, 4H), both biases included.
+        Over the whole vocabulary this is a (V, 4H) table: export folds embedding and projection into it."""
+        first = self.lstms[0]
+        return F.linear(self.embed(token), first.weight_ih_l0, first.bias_ih_l0 + first.bias_hh_l0)
+
+    def cell(self, gates0: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One character through the stack, given the first layer's input gates (B, 4H) and the state
+        h, c (L, B, H). Returns logits (B, V), h_out, c_out (L, B, H). Written with plain matmuls so the
+        exported graph is MatMul/Add/Sigmoid/Tanh/Mul, which every runtime and int8 quantizer handles."""
+        hs, cs = [], []
+        input_gates = gates0
+        for i, lstm in enumerate(self.lstms):
+            if i > 0:
+                input_gates = hs[-1] @ lstm.weight_ih_l0.T + (lstm.bias_ih_l0 + lstm.bias_hh_l0)
+            gates = input_gates + h[i] @ lstm.weight_hh_l0.T  # (B, 4H), nn.LSTM gate order i, f, g, o
+            i_gate, f_gate, g_gate, o_gate = gates.chunk(4, dim=1)
+            c_new = torch.sigmoid(f_gate) * c[i] + torch.sigmoid(i_gate) * torch.tanh(g_gate)
+            h_new = torch.sigmoid(o_gate) * torch.tanh(c_new)
+            hs.append(h_new)
+            cs.append(c_new)
+        logits = hs[-1] @ self.head.weight.T + self.head.bias  # (B, V)
+        return logits, torch.stack(hs), torch.stack(cs)
+
+    def step(self, token: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """token (B,) int64, h and c (L, B, H) -> logits (B, V), h_out, c_out. No dropout."""
+        return self.cell(self.token_gates(token), h, c)
+
+
+def build_model(vocab_size: int, model_cfg) -> CharLSTM:
+    """The model described by a ModelConfig (or any object with embed, hidden, layers, dropout)."""
+    return CharLSTM(vocab_size, model_cfg.embed, model_cfg.hidden, model_cfg.layers, model_cfg.dropout)

@@ -1,0 +1,426 @@
+"""Train a character LSTM: `accelerate launch trainer/train.py --config FILE [key.sub=value ...]`.
+
+`python trainer/train.py ...` and `python -m trainer.train ...` do the same in one process.
+
+The global batch is B contiguous character streams (trainer/data.py). Process r of N owns streams
+[r*B/N, (r+1)*B/N) and carries their LSTM state from window to window (truncated BPTT); DDP averages
+the gradients, so N processes compute what one computes. Rerunning on an out_dir holding ckpt.pt resumes
+from it, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python trainer/train.py` / `accelerate launch trainer/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.nn.functional as F
+
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.config import Config, UserError, load_config, save_config
+from trainer.data import EvalStreams, TrainStreams, load_corpus, split
+from trainer.model import CharLSTM, build_model
+
+LN2 = math.log(2.0)
+MAX_BAD_STEPS = 10  # this many non-finite steps in a row stop the run
+
+
+class TrainingError(Exception):
+    """Training cannot go on (diverged); printed as one line."""
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warmup to train.lr, then cosine decay to train.min_lr at max_steps. A pure function of step."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def stream_seed(seed: int, step: int, stream: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{step}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def dropout_masks(
+    cfg: Config, step: int, first: int, last: int, device: torch.device
+) -> torch.Tensor | None:
+    """Keep-masks (L, b, T, H) scaled by 1/(1-p) for streams [first, last), drawn from a generator seeded
+    by (seed, step, stream): independent of the process count and of anything that happened before."""
+    p = cfg.model.dropout
+    if p == 0.0:
+        return None
+    shape = (cfg.model.layers, cfg.train.seq_len, cfg.model.hidden)
+    masks = torch.empty((last - first, *shape), device=device)
+    generator = torch.Generator(device=device)
+    for i, stream in enumerate(range(first, last)):
+        generator.manual_seed(stream_seed(cfg.train.seed, step, stream))
+        masks[i].bernoulli_(1.0 - p, generator=generator)
+    return masks.mul_(1.0 / (1.0 - p)).transpose(0, 1)  # (L, b, T, H)
+
+
+def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    others = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
+    groups = [
+        {"params": matrices, "weight_decay": cfg.train.weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"  # one kernel for all parameters on GPU
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, cfg.train.beta2), fused=fused or None)
+
+
+def check_resumable(ckpt: dict, cfg: Config, vocab: list[str], path: Path) -> None:
+    """Refuse, naming the difference, a checkpoint that does not fit this run; nothing gets overwritten."""
+    if ckpt["vocab"] != vocab:
+        raise UserError(
+            f"{path} was trained on a different vocabulary ({len(ckpt['vocab'])} characters, this corpus has "
+            f"{len(vocab)}): use another out_dir"
+        )
+    old = ckpt["config"]
+    for section, key in [("model", "embed"), ("model", "hidden"), ("model", "layers"),
+                         ("train", "batch_size"), ("train", "seq_len")]:
+        before, now = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
+        if before != now:
+            raise UserError(
+                f"{path} holds a run with {section}.{key}={before}, this config says {now}: "
+                "use another out_dir, or the same value to resume"
+            )
+    if ckpt["step"] > cfg.train.max_steps:
+        raise UserError(f"{path} is at step {ckpt['step']}, past train.max_steps={cfg.train.max_steps}")
+
+
+class StopFlags:
+    """SIGTERM / SIGINT ask the loop to finish the current step, save and exit."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+
+def plot_losses(metrics_path: Path, out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(e["step"], e["train_loss"]) for e in events if "train_loss" in e]
+    val = [(e["step"], e["val_loss"]) for e in events if "val_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / char)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+
+    precision = cfg.train.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("train.mixed_precision=fp16 needs a GPU; on a CPU use bf16 (or no)")
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    if precision == "bf16" and accelerator.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.mixed_precision=bf16: this GPU has no bf16; use fp16")
+    return accelerator
+
+
+def evaluate(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> float:
+    """Loss in nats/char over the WHOLE validation split; streams sharded over processes, sums reduced."""
+    model.eval()
+    device = accelerator.device
+    h, c = model.zero_state(last - first, device)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
+    with torch.no_grad(), accelerator.autocast():
+        for x, y in evals.windows(first, last):
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            logits, (h, c) = model(x, (h, c))
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+            total[0] += loss.double()
+            total[1] += y.numel()
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return (total[0] / total[1]).item()
+
+
+def train(cfg: Config) -> int:
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    t = cfg.train
+    if t.batch_size % processes:
+        raise UserError(f"train.batch_size={t.batch_size} does not divide over {processes} processes")
+    local_batch = t.batch_size // processes
+    if local_batch % t.grad_accum:
+        raise UserError(
+            f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process"
+        )
+    first, last = rank * local_batch, (rank + 1) * local_batch  # this process's streams
+
+    with accelerator.main_process_first():  # rank 0 encodes and caches the corpus, the others reuse it
+        corpus = load_corpus(cfg.data.path)
+    train_ids, val_ids = split(corpus.ids, cfg.data.val_fraction)
+    streams = TrainStreams(train_ids, t.batch_size, t.seq_len)
+    evals = EvalStreams(val_ids, t.batch_size, t.seq_len)
+
+    out_dir = Path(cfg.out_dir)
+    ckpt_path, best_path = out_dir / "ckpt.pt", out_dir / "best.pt"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir {str(out_dir)!r} exists and is not a folder")
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ckpt is not None:
+        check_resumable(ckpt, cfg, corpus.vocab, ckpt_path)
+
+    torch.manual_seed(t.seed)
+    model = build_model(len(corpus.vocab), cfg.model)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    bare = accelerator.unwrap_model(model)
+
+    step = 0 if ckpt is None else ckpt["step"]
+    best_val = math.inf if ckpt is None else ckpt.get("best_val_loss", math.inf)
+    if ckpt is not None:
+        h = ckpt["streams"]["h"][first:last].transpose(0, 1).contiguous().to(device)  # (L, b, H)
+        c = ckpt["streams"]["c"][first:last].transpose(0, 1).contiguous().to(device)
+    else:
+        h, c = bare.zero_state(local_batch, device)
+    del ckpt
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    def log(event: dict) -> None:
+        if main:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
+
+    def gather_streams(tensor: torch.Tensor) -> torch.Tensor:
+        """(L, b, H) local state -> (B, L, H) of all streams, in stream order, on the CPU."""
+        return accelerator.gather(tensor.transpose(0, 1).contiguous()).cpu()
+
+    def save(path: Path, val_loss: float | None) -> None:
+        state_h, state_c = gather_streams(h), gather_streams(c)  # collective: every rank takes part
+        if not main:
+            return
+        if not all(torch.isfinite(p).all() for p in bare.parameters()):
+            raise TrainingError("the weights are not finite; refusing to write a checkpoint")
+        save_checkpoint(
+            path,
+            {
+                "model": bare.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "vocab": corpus.vocab,
+                "config": cfg.to_dict(),
+                "step": step,
+                "val_loss": val_loss,
+                "best_val_loss": best_val,
+                "corpus_sha256": corpus.sha256,
+                "streams": {"h": state_h, "c": state_c},
+            },
+        )
+
+    def run_eval() -> float:
+        nonlocal best_val
+        val = evaluate(bare, evals, first, last, accelerator)
+        log({"step": step, "val_loss": val, "val_bpc": val / LN2})
+        if val < best_val:
+            best_val = val
+            save(best_path, val)
+        return val
+
+    stop = StopFlags()
+    stop.install()
+    started = time.monotonic()
+    params = list(model.parameters())
+    micro = local_batch // t.grad_accum
+    if main:
+        resumed = f", resumed at step {step}" if step else ""
+        print(
+            f"charlstm: {len(corpus.ids):,} chars, vocab {len(corpus.vocab)}, "
+            f"{sum(p.numel() for p in params) / 1e6:.2f}M params, {processes} process(es) on {device.type}, "
+            f"{t.mixed_precision}, {streams.windows_per_epoch} windows/epoch{resumed}",
+            file=sys.stderr,
+        )
+    from tqdm import tqdm
+
+    bar = tqdm(total=t.max_steps, initial=step, disable=not main, dynamic_ncols=True, mininterval=1.0)
+    bad_steps, loss_sum, loss_count = 0, torch.zeros((), device=device), 0
+    window_clock, window_start_step = time.monotonic(), step
+    val_loss: float | None = None
+    stopped_by: str | None = None
+    model.train()
+
+    while step < t.max_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        if streams.starts_epoch(step):
+            h, c = torch.zeros_like(h), torch.zeros_like(c)
+        x, y = streams.window(step, first, last)
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        masks = dropout_masks(cfg, step, first, last, device)
+
+        step_loss = torch.zeros((), device=device)
+        new_h, new_c = [], []
+        for k in range(t.grad_accum):
+            part = slice(k * micro, (k + 1) * micro)
+            sync = k == t.grad_accum - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                logits, (hk, ck) = model(
+                    x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part]
+                )
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
+                accelerator.backward(loss / t.grad_accum)
+            step_loss += loss.detach() / t.grad_accum
+            new_h.append(hk.detach().float())
+            new_c.append(ck.detach().float())
+        h, c = torch.cat(new_h, dim=1), torch.cat(new_c, dim=1)
+
+        grad_norm = accelerator.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+        # fp16: GradScaler itself skips a step whose gradients overflowed (and lowers the scale), so only a
+        # non-finite loss counts as bad there; otherwise a non-finite gradient norm does too.
+        finite = torch.isfinite(step_loss) & (torch.isfinite(grad_norm) | (t.mixed_precision == "fp16"))
+        # One small all-reduce per step: the ranks agree on skipping, on stopping, and on the wall clock.
+        flags = torch.stack(
+            [
+                (~finite).float(),
+                torch.tensor(float(stop.signal_name is not None), device=device),
+                torch.tensor(
+                    float(main and t.max_minutes is not None and time.monotonic() - started > 60 * t.max_minutes),
+                    device=device,
+                ),
+            ]
+        )
+        flags = accelerator.reduce(flags, reduction="sum").tolist() if processes > 1 else flags.tolist()
+        if flags[0] > 0:
+            if t.mixed_precision == "fp16":
+                optimizer.step()  # lets the scaler close this iteration (it skips the update)
+            optimizer.zero_grad(set_to_none=True)
+            h, c = torch.zeros_like(h), torch.zeros_like(c)  # the state went bad with the loss
+            bad_steps += 1
+            log({"step": step, "skipped": "non-finite loss or gradient norm"})
+            if bad_steps >= MAX_BAD_STEPS:
+                raise TrainingError(
+                    f"{MAX_BAD_STEPS} non-finite steps in a row at step {step}: lower train.lr or use "
+                    "train.mixed_precision=bf16/no; the last good checkpoint is kept"
+                )
+        else:
+            bad_steps = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += step_loss
+            loss_count += 1
+        step += 1
+        bar.update(1)
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(1, loss_count)
+            now = time.monotonic()
+            chars_per_s = (step - window_start_step) * t.batch_size * t.seq_len / max(1e-9, now - window_clock)
+            window_clock, window_start_step = now, step
+            loss_sum, loss_count = torch.zeros((), device=device), 0
+            log({"step": step, "train_loss": mean_loss, "lr": lr_at(step - 1, cfg), "chars_per_s": chars_per_s})
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}", cps=f"{chars_per_s:,.0f}")
+
+        if flags[1] > 0:
+            stopped_by = stop.signal_name or "signal"
+            save(ckpt_path, None)
+            break
+        final = step == t.max_steps or flags[2] > 0
+        val_loss = None
+        if step % t.eval_every == 0 or final:
+            val_loss = run_eval()
+            if main:
+                bar.write(f"step {step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
+        if step % t.save_every == 0 or final:
+            save(ckpt_path, val_loss)
+        if flags[2] > 0:
+            stopped_by = f"train.max_minutes={t.max_minutes}"
+            break
+    bar.close()
+
+    if main:
+        if metrics_path.exists():
+            plot_losses(metrics_path, out_dir / "loss.png")
+        if stopped_by and stopped_by.startswith("SIG"):
+            print(f"charlstm: stopped by {stopped_by} after step {step}; saved {ckpt_path} (rerun to resume)")
+        elif val_loss is not None:
+            print(
+                f"charlstm: step {step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc), "
+                f"best {best_val:.4f}; saved {ckpt_path}"
+                + (f" (stopped by {stopped_by})" if stopped_by else "")
+            )
+        else:
+            print(f"charlstm: nothing to do, {ckpt_path} is at step {step} = train.max_steps")
+    accelerator.end_training()
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="trainer.train",
+        description="Train a character-level LSTM. Rerun the same command on the same out_dir to resume.",
+        epilog="example: python -m trainer.train --config configs/tiny.yaml train.max_steps=40 out_dir=runs/x",
+    )
+    parser.add_argument("--config", help="YAML config (configs/tiny.yaml, configs/shakespeare.yaml, ...)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.hidden=256")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    speaks = int(os.environ.get("RANK", "0")) == 0  # on N processes, one of them reports the error
+    try:
+        cfg = load_config(args.config, args.overrides)
+        return train(cfg)
+    except (UserError, TrainingError) as e:
+        if speaks:
+            print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UserError) else 1
+    except KeyboardInterrupt:
+        if speaks:
+            print("charlstm: interrupted before training started; nothing saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
