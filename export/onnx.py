@@ -118,9 +118,11 @@ def reference_text(ckpt: dict, model: CharLSTM, eval_text: str | None, min_chars
             raise UserError(f"--eval-text {eval_text}: needs at least {min_chars} characters the model knows")
         return text, eval_text
     spec = ckpt["config"].get("data", {}).get("path", "")
-    at_hand = spec == "builtin:python-stdlib" or (
-        spec == "tinyshakespeare" and (user_cache_dir() / "tinyshakespeare.txt").is_file()
-    ) or Path(spec).is_file()
+    at_hand = (
+        spec == "builtin:python-stdlib"
+        or (spec == "tinyshakespeare" and (user_cache_dir() / "tinyshakespeare.txt").is_file())
+        or Path(spec).is_file()
+    )
     if at_hand:
         try:
             resolve_corpus(spec)
@@ -274,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-text", help="UTF-8 text for the checks (default: the validation split if at hand)")
     args = parser.parse_args(argv)
     try:
-        report = export(Path(args.checkpoint), Path(args.output) if args.output else None, args.opset, args.int8,
-                        args.eval_text)
+        report = export(
+            Path(args.checkpoint), Path(args.output) if args.output else None, args.opset, args.int8, args.eval_text
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,8 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; <1 safer, >1 wilder")
     parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     parser.add_argument("--num-samples", type=int, default=1, help="samples generated together (batched)")
-    parser.add_argument("--unknown", choices=["error", "skip"], default="error",
-                        help="prime characters outside the vocabulary: error (default) or skip them")
+    parser.add_argument(
+        "--unknown",
+        choices=["error", "skip"],
+        default="error",
+        help="prime characters outside the vocabulary: error (default) or skip them",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     args = parser.parse_args(argv)
@@ -35,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         prime = read_text(args.prime_file) if args.prime_file else args.prime
         sampler = Sampler(args.model, device=args.device, threads=args.threads)
         if args.num_samples == 1:
-            pieces = sampler.stream(prime, args.length, args.top_k, args.temperature, args.top_p, args.seed,
-                                    1, args.unknown)
+            pieces = sampler.stream(
+                prime, args.length, args.top_k, args.temperature, args.top_p, args.seed, 1, args.unknown
+            )
             first = next(pieces, "")  # the options and the prime are checked before anything is printed
             sys.stdout.write(prime + first)
             for ch in pieces:
@@ -44,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            texts = sampler.generate(prime, args.length, args.top_k, args.temperature, args.top_p, args.seed,
-                                     args.num_samples, args.unknown)
+            texts = sampler.generate(
+                prime, args.length, args.top_k, args.temperature, args.top_p, args.seed, args.num_samples, args.unknown
+            )
             for i, text in enumerate(texts):
                 sys.stdout.write(f"--- sample {i + 1}\n{prime}{text}\n")
         sys.stdout.flush()

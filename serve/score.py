@@ -29,8 +29,9 @@ def read_text(path: str | Path) -> str:
         raise SamplerError(f"{path}: not UTF-8 text (invalid byte at byte offset {e.start})") from None
 
 
-def score(sampler: Sampler, text: str, streams: int | None = None, unknown: str = "error",
-          progress: bool = False) -> float:
+def score(
+    sampler: Sampler, text: str, streams: int | None = None, unknown: str = "error", progress: bool = False
+) -> float:
     """Mean loss in nats per predicted character of `text` under the model."""
     ids = sampler.encode(text, unknown)
     if len(ids) < 2:
@@ -63,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="an .onnx exported by export.onnx")
     parser.add_argument("file", help="a UTF-8 text file")
     parser.add_argument("--streams", type=int, default=None, help="parallel streams (default: the training batch)")
-    parser.add_argument("--unknown", choices=["error", "skip"], default="error",
-                        help="characters outside the vocabulary: error (default) or skip them")
+    parser.add_argument(
+        "--unknown",
+        choices=["error", "skip"],
+        default="error",
+        help="characters outside the vocabulary: error (default) or skip them",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)

@@ -162,9 +162,7 @@ def validate(cfg: Config) -> None:
     if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
         raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {cfg.train.max_minutes}")
     if cfg.train.batch_size % cfg.train.grad_accum:
-        raise ConfigError(
-            f"config key 'train.grad_accum' ({cfg.train.grad_accum}) must divide the per-process batch"
-        )
+        raise ConfigError(f"config key 'train.grad_accum' ({cfg.train.grad_accum}) must divide the per-process batch")
     if not cfg.out_dir:
         raise ConfigError("config key 'out_dir' must not be empty")
 

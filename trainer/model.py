@@ -49,7 +49,9 @@ class CharLSTM(nn.Module):
         x = self.embed(tokens)  # (B, T, E)
         hs, cs = [], []
         for i, lstm in enumerate(self.lstms):
-            layer_state = None if state is None else (state[0][i : i + 1].contiguous(), state[1][i : i + 1].contiguous())
+            layer_state = (
+                None if state is None else (state[0][i : i + 1].contiguous(), state[1][i : i + 1].contiguous())
+            )
             x, (h, c) = lstm(x, layer_state)  # x (B, T, H); h, c (1, B, H)
             x = self._dropout(x, dropout_masks, i)
             hs.append(h)

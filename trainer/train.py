@@ -57,9 +57,7 @@ def stream_seed(seed: int, step: int, stream: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def dropout_masks(
-    cfg: Config, step: int, first: int, last: int, device: torch.device
-) -> torch.Tensor | None:
+def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.device) -> torch.Tensor | None:
     """Keep-masks (L, b, T, H) scaled by 1/(1-p) for streams [first, last), drawn from a generator seeded
     by (seed, step, stream): independent of the process count and of anything that happened before."""
     p = cfg.model.dropout
@@ -93,8 +91,13 @@ def check_resumable(ckpt: dict, cfg: Config, vocab: list[str], path: Path) -> No
             f"{len(vocab)}): use another out_dir"
         )
     old = ckpt["config"]
-    for section, key in [("model", "embed"), ("model", "hidden"), ("model", "layers"),
-                         ("train", "batch_size"), ("train", "seq_len")]:
+    for section, key in [
+        ("model", "embed"),
+        ("model", "hidden"),
+        ("model", "layers"),
+        ("train", "batch_size"),
+        ("train", "seq_len"),
+    ]:
         before, now = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
         if before != now:
             raise UserError(
@@ -185,9 +188,7 @@ def train(cfg: Config) -> int:
         raise UserError(f"train.batch_size={t.batch_size} does not divide over {processes} processes")
     local_batch = t.batch_size // processes
     if local_batch % t.grad_accum:
-        raise UserError(
-            f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process"
-        )
+        raise UserError(f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process")
     first, last = rank * local_batch, (rank + 1) * local_batch  # this process's streams
 
     with accelerator.main_process_first():  # rank 0 encodes and caches the corpus, the others reuse it
@@ -305,9 +306,7 @@ def train(cfg: Config) -> int:
             part = slice(k * micro, (k + 1) * micro)
             sync = k == t.grad_accum - 1
             with nullcontext() if sync else accelerator.no_sync(model):
-                logits, (hk, ck) = model(
-                    x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part]
-                )
+                logits, (hk, ck) = model(x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part])
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
                 accelerator.backward(loss / t.grad_accum)
             step_loss += loss.detach() / t.grad_accum
@@ -386,8 +385,7 @@ def train(cfg: Config) -> int:
         elif val_loss is not None:
             print(
                 f"charlstm: step {step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc), "
-                f"best {best_val:.4f}; saved {ckpt_path}"
-                + (f" (stopped by {stopped_by})" if stopped_by else "")
+                f"best {best_val:.4f}; saved {ckpt_path}" + (f" (stopped by {stopped_by})" if stopped_by else "")
             )
         else:
             print(f"charlstm: nothing to do, {ckpt_path} is at step {step} = train.max_steps")
