@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,13 +54,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} is not a file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refused to load (not plain tensors and data: {first[:160]})") from None
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        if code:  # a pickled object or function: torch's weights-only unpickler refused it unexecuted
+            raise UserError(
+                f"{path}: refused to load: it holds pickled Python objects ({code.group(1)}), which are never "
+                "executed; a charlstm checkpoint holds only tensors and plain data"
+            ) from None
+        raise UserError(f"{path}: not a charlstm checkpoint (not a file written by torch.save)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a charlstm checkpoint ({first[:160]})") from None
+        raise UserError(f"{path}: not a charlstm checkpoint (unreadable or truncated: {first[:160]})") from None
     if not isinstance(payload, dict):
         raise UserError(f"{path}: not a charlstm checkpoint (holds a {type(payload).__name__}, not a dict)")
     missing = [key for key in REQUIRED_KEYS if key not in payload]

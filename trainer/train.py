@@ -64,12 +64,12 @@ def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.d
     if p == 0.0:
         return None
     shape = (cfg.model.layers, cfg.train.seq_len, cfg.model.hidden)
-    masks = torch.empty((last - first, *shape), device=device)
+    noise = torch.empty((last - first, *shape), device=device)
     generator = torch.Generator(device=device)
     for i, stream in enumerate(range(first, last)):
         generator.manual_seed(stream_seed(cfg.train.seed, step, stream))
-        masks[i].bernoulli_(1.0 - p, generator=generator)
-    return masks.mul_(1.0 / (1.0 - p)).transpose(0, 1)  # (L, b, T, H)
+        noise[i].uniform_(generator=generator)  # 3x cheaper than bernoulli_ on a CPU
+    return ((noise >= p) * (1.0 / (1.0 - p))).transpose(0, 1)  # (L, b, T, H)
 
 
 def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -150,7 +150,11 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
 
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # accelerate keeps one process-wide state; a second train() in the same process (tests, notebooks)
+    # may ask for another precision, so start from a clean one.
+    AcceleratorState._reset_state(reset_partial_state=True)
     precision = cfg.train.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.mixed_precision=fp16 needs a GPU; on a CPU use bf16 (or no)")
@@ -291,91 +295,95 @@ def train(cfg: Config) -> int:
     stopped_by: str | None = None
     model.train()
 
-    while step < t.max_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        if streams.starts_epoch(step):
-            h, c = torch.zeros_like(h), torch.zeros_like(c)
-        x, y = streams.window(step, first, last)
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        masks = dropout_masks(cfg, step, first, last, device)
+    try:  # the bar is closed before any error line is printed
+        while step < t.max_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            if streams.starts_epoch(step):
+                h, c = torch.zeros_like(h), torch.zeros_like(c)
+            x, y = streams.window(step, first, last)
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            masks = dropout_masks(cfg, step, first, last, device)
 
-        step_loss = torch.zeros((), device=device)
-        new_h, new_c = [], []
-        for k in range(t.grad_accum):
-            part = slice(k * micro, (k + 1) * micro)
-            sync = k == t.grad_accum - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
-                logits, (hk, ck) = model(x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
-                accelerator.backward(loss / t.grad_accum)
-            step_loss += loss.detach() / t.grad_accum
-            new_h.append(hk.detach().float())
-            new_c.append(ck.detach().float())
-        h, c = torch.cat(new_h, dim=1), torch.cat(new_c, dim=1)
+            step_loss = torch.zeros((), device=device)
+            new_h, new_c = [], []
+            for k in range(t.grad_accum):
+                part = slice(k * micro, (k + 1) * micro)
+                sync = k == t.grad_accum - 1
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    logits, (hk, ck) = model(
+                        x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part]
+                    )
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
+                    accelerator.backward(loss / t.grad_accum)
+                step_loss += loss.detach() / t.grad_accum
+                new_h.append(hk.detach().float())
+                new_c.append(ck.detach().float())
+            h, c = torch.cat(new_h, dim=1), torch.cat(new_c, dim=1)
 
-        grad_norm = accelerator.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
-        # fp16: GradScaler itself skips a step whose gradients overflowed (and lowers the scale), so only a
-        # non-finite loss counts as bad there; otherwise a non-finite gradient norm does too.
-        finite = torch.isfinite(step_loss) & (torch.isfinite(grad_norm) | (t.mixed_precision == "fp16"))
-        # One small all-reduce per step: the ranks agree on skipping, on stopping, and on the wall clock.
-        flags = torch.stack(
-            [
-                (~finite).float(),
-                torch.tensor(float(stop.signal_name is not None), device=device),
-                torch.tensor(
-                    float(main and t.max_minutes is not None and time.monotonic() - started > 60 * t.max_minutes),
-                    device=device,
-                ),
-            ]
-        )
-        flags = accelerator.reduce(flags, reduction="sum").tolist() if processes > 1 else flags.tolist()
-        if flags[0] > 0:
-            if t.mixed_precision == "fp16":
-                optimizer.step()  # lets the scaler close this iteration (it skips the update)
-            optimizer.zero_grad(set_to_none=True)
-            h, c = torch.zeros_like(h), torch.zeros_like(c)  # the state went bad with the loss
-            bad_steps += 1
-            log({"step": step, "skipped": "non-finite loss or gradient norm"})
-            if bad_steps >= MAX_BAD_STEPS:
-                raise TrainingError(
-                    f"{MAX_BAD_STEPS} non-finite steps in a row at step {step}: lower train.lr or use "
-                    "train.mixed_precision=bf16/no; the last good checkpoint is kept"
-                )
-        else:
-            bad_steps = 0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_loss
-            loss_count += 1
-        step += 1
-        bar.update(1)
+            grad_norm = accelerator.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+            # fp16: GradScaler itself skips a step whose gradients overflowed (and lowers the scale), so only a
+            # non-finite loss counts as bad there; otherwise a non-finite gradient norm does too.
+            finite = torch.isfinite(step_loss) & (torch.isfinite(grad_norm) | (t.mixed_precision == "fp16"))
+            # One small all-reduce per step: the ranks agree on skipping, on stopping, and on the wall clock.
+            flags = torch.stack(
+                [
+                    (~finite).float(),
+                    torch.tensor(float(stop.signal_name is not None), device=device),
+                    torch.tensor(
+                        float(main and t.max_minutes is not None and time.monotonic() - started > 60 * t.max_minutes),
+                        device=device,
+                    ),
+                ]
+            )
+            flags = accelerator.reduce(flags, reduction="sum").tolist() if processes > 1 else flags.tolist()
+            if flags[0] > 0:
+                if t.mixed_precision == "fp16":
+                    optimizer.step()  # lets the scaler close this iteration (it skips the update)
+                optimizer.zero_grad(set_to_none=True)
+                h, c = torch.zeros_like(h), torch.zeros_like(c)  # the state went bad with the loss
+                bad_steps += 1
+                log({"step": step, "skipped": "non-finite loss or gradient norm"})
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise TrainingError(
+                        f"{MAX_BAD_STEPS} non-finite steps in a row at step {step}: lower train.lr or use "
+                        "train.mixed_precision=bf16/no; the last good checkpoint is kept"
+                    )
+            else:
+                bad_steps = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += step_loss
+                loss_count += 1
+            step += 1
+            bar.update(1)
 
-        if step % t.log_every == 0 or step == t.max_steps:
-            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(1, loss_count)
-            now = time.monotonic()
-            chars_per_s = (step - window_start_step) * t.batch_size * t.seq_len / max(1e-9, now - window_clock)
-            window_clock, window_start_step = now, step
-            loss_sum, loss_count = torch.zeros((), device=device), 0
-            log({"step": step, "train_loss": mean_loss, "lr": lr_at(step - 1, cfg), "chars_per_s": chars_per_s})
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}", cps=f"{chars_per_s:,.0f}")
+            if step % t.log_every == 0 or step == t.max_steps:
+                mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(1, loss_count)
+                now = time.monotonic()
+                chars_per_s = (step - window_start_step) * t.batch_size * t.seq_len / max(1e-9, now - window_clock)
+                window_clock, window_start_step = now, step
+                loss_sum, loss_count = torch.zeros((), device=device), 0
+                log({"step": step, "train_loss": mean_loss, "lr": lr_at(step - 1, cfg), "chars_per_s": chars_per_s})
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}", cps=f"{chars_per_s:,.0f}")
 
-        if flags[1] > 0:
-            stopped_by = stop.signal_name or "signal"
-            save(ckpt_path, None)
-            break
-        final = step == t.max_steps or flags[2] > 0
-        val_loss = None
-        if step % t.eval_every == 0 or final:
-            val_loss = run_eval()
-            if main:
-                bar.write(f"step {step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
-        if step % t.save_every == 0 or final:
-            save(ckpt_path, val_loss)
-        if flags[2] > 0:
-            stopped_by = f"train.max_minutes={t.max_minutes}"
-            break
-    bar.close()
+            if flags[1] > 0:
+                stopped_by = stop.signal_name or "signal"
+                save(ckpt_path, None)
+                break
+            final = step == t.max_steps or flags[2] > 0
+            val_loss = None
+            if step % t.eval_every == 0 or final:
+                val_loss = run_eval()
+                if main:
+                    bar.write(f"step {step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
+            if step % t.save_every == 0 or final:
+                save(ckpt_path, val_loss)
+            if flags[2] > 0:
+                stopped_by = f"train.max_minutes={t.max_minutes}"
+                break
+    finally:
+        bar.close()
 
     if main:
         if metrics_path.exists():

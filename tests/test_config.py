@@ -1,0 +1,46 @@
+import pytest
+
+from trainer.config import ConfigError, load_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden: 128\ntrain:\n  mixed_precision: no\n  lr: 1e-3\n")
+    cfg = load_config(path, ["train.max_steps=40", "model.dropout=0", "out_dir=runs/x", "train.max_minutes=2.5"])
+    assert cfg.model.hidden == 128 and cfg.train.mixed_precision == "no" and cfg.train.lr == 1e-3
+    assert cfg.train.max_steps == 40 and cfg.model.dropout == 0.0 and cfg.out_dir == "runs/x"
+    assert cfg.train.max_minutes == 2.5 and cfg.data.val_fraction == 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.nope=1", "unknown config key 'train.nope'"),
+        ("nope.x=1", "unknown config key 'nope'"),
+        ("model.hidden=big", "config key 'model.hidden': expected int"),
+        ("model.hidden=1.5", "config key 'model.hidden': expected int"),
+        ("train.lr=fast", "config key 'train.lr': expected float"),
+        ("model.hidden=0", "'model.hidden' must be > 0"),
+        ("train.batch_size=-4", "'train.batch_size' must be > 0"),
+        ("train.seq_len=0", "'train.seq_len' must be > 0"),
+        ("model.dropout=1.5", "'model.dropout' must be in"),
+        ("data.val_fraction=0", "'data.val_fraction' must be in"),
+        ("train.mixed_precision=fp8", "'train.mixed_precision' must be no, bf16 or fp16"),
+        ("train=3", "config key 'train': expected a mapping"),
+        ("hidden", "not of the form key.sub=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("model: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")

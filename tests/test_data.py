@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+
+from trainer import data
+from trainer.config import UserError
+from trainer.data import EvalStreams, TrainStreams, load_corpus, split
+
+
+def test_train_streams_tile_the_split_exactly():
+    n, batch, seq = 10_007, 6, 25
+    ids = np.arange(n)  # each id is its own position, so coverage is directly visible
+    streams = TrainStreams(ids, batch, seq)
+    windows = streams.windows_per_epoch
+    assert windows == (n - 1) // (batch * seq)
+    seen = []
+    for step in range(windows):
+        x, y = streams.window(step, 0, batch)
+        assert x.shape == (batch, seq) and x.dtype == np.int64
+        np.testing.assert_array_equal(y, x + 1)  # targets are the inputs shifted by one
+        seen.append(x)
+    per_stream = np.concatenate(seen, axis=1)  # (B, W*T): each stream read window after window
+    for b in range(batch):  # contiguous within a stream, and stream b+1 starts where b ends
+        np.testing.assert_array_equal(per_stream[b], np.arange(b * streams.stream_len, (b + 1) * streams.stream_len))
+    covered = np.sort(per_stream.ravel())
+    np.testing.assert_array_equal(covered, np.arange(batch * streams.stream_len))  # no gap, no overlap
+    # the position is a pure function of the step; epochs wrap and reset the state
+    np.testing.assert_array_equal(streams.window(windows + 3, 0, batch)[0], streams.window(3, 0, batch)[0])
+    assert streams.starts_epoch(0) and streams.starts_epoch(windows) and not streams.starts_epoch(1)
+    # a process's shard is exactly its rows of the global batch
+    np.testing.assert_array_equal(streams.window(5, 2, 4)[0], streams.window(5, 0, batch)[0][2:4])
+
+
+def test_eval_streams_cover_the_whole_split():
+    ids = np.arange(1_003)
+    evals = EvalStreams(ids, 4, 64)
+    xs, ys = zip(*evals.windows(0, 4))
+    x, y = np.concatenate(xs, axis=1), np.concatenate(ys, axis=1)
+    np.testing.assert_array_equal(y, x + 1)
+    np.testing.assert_array_equal(np.sort(x.ravel()), np.arange(4 * evals.stream_len))
+    assert 4 * evals.stream_len >= len(ids) - 4  # at most B-1 characters are not predicted
+
+
+def test_validation_is_the_last_fraction():
+    ids = np.arange(1000)
+    train, val = split(ids, 0.1)
+    assert len(val) == 100 and val[0] == 900 and train[-1] == 899
+
+
+def test_unicode_round_trip(tmp_path):
+    text = "¿Qué tal, señor Muñoz? ¡Olé! Ça va. Crème brûlée, naïve, Ångström, 日本語 🙂👍\n" * 3
+    path = tmp_path / "unicode.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(str(path))
+    assert corpus.decode(corpus.ids) == text
+    assert corpus.vocab == sorted(set(text))
+    assert all(len(ch) == 1 for ch in corpus.vocab)
+    assert corpus.ids.dtype == np.uint8
+
+
+def test_id_dtype_grows_with_the_vocab(tmp_path):
+    text = "".join(chr(0x4E00 + i) for i in range(300)) * 2  # 300 distinct CJK characters
+    path = tmp_path / "cjk.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(str(path))
+    assert corpus.ids.dtype == np.uint16 and len(corpus.vocab) == 300
+    assert corpus.decode(corpus.ids) == text
+
+
+def test_chunked_encoding_across_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_BYTES", 7)  # multi-byte characters straddle chunk edges
+    text = "añoñ🙂é" * 50 + "plain ascii " * 20
+    path = tmp_path / "chunks.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(str(path))
+    assert corpus.decode(corpus.ids) == text
+
+
+def test_cache_is_reused_and_keyed_by_content(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("hello world\n" * 100, encoding="utf-8")
+    load_corpus(str(path))
+    cached = sorted((tmp_path / ".charlstm").glob("*.ids.npy"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    assert isinstance(load_corpus(str(path)).ids, np.memmap)
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+    path.write_text("другой текст\n" * 100, encoding="utf-8")
+    corpus = load_corpus(str(path))
+    assert corpus.decode(corpus.ids) == "другой текст\n" * 100
+    assert len(list((tmp_path / ".charlstm").glob("*.ids.npy"))) == 2
+
+
+def test_not_utf8_names_the_byte_offset(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_BYTES", 5)
+    path = tmp_path / "bad.txt"
+    path.write_bytes("ñandú ".encode() * 3 + b"ok\xffrest")
+    offset = len("ñandú ".encode() * 3) + 2
+    with pytest.raises(UserError, match=f"byte offset {offset}\\b"):
+        load_corpus(str(path))
+    path.write_bytes(b"abc\xc3")  # truncated multi-byte sequence at the end
+    with pytest.raises(UserError, match="byte offset 3"):
+        load_corpus(str(path))
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        load_corpus(str(tmp_path / "empty.txt"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_corpus(str(tmp_path / "nope.txt"))
+    with pytest.raises(UserError, match="not a file"):
+        load_corpus(str(tmp_path))
+
+
+def test_python_stdlib_builtin():
+    corpus = load_corpus("builtin:python-stdlib")
+    text = corpus.decode(corpus.ids[:20_000])
+    assert "import" in text and "def " in text
+    assert len(corpus.ids) > 5_000_000
+
+
+def test_too_short_corpus_says_what_it_needs():
+    with pytest.raises(UserError, match=r"needs at least 3,201.*smaller train.batch_size"):
+        TrainStreams(np.arange(1000), 32, 100)
+    with pytest.raises(UserError, match="validation split has 10 characters"):
+        EvalStreams(np.arange(10), 32, 100)
