@@ -74,6 +74,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay, applied to matrices only
     beta2: float = 0.99  # AdamW second-moment decay (beta1 is 0.9)
     max_steps: int = 2000  # total optimizer steps (a resumed run counts from its checkpoint)
+    decay_steps: int | None = None  # cosine horizon; None = max_steps (set it to extend a run on the same schedule)
     grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
     grad_accum: int = 1  # split each process's streams into this many micro-batches per step
     seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
@@ -182,6 +183,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'train.mixed_precision' must be no, bf16 or fp16, got {cfg.train.mixed_precision!r}"
         )
+    if cfg.train.decay_steps is not None and cfg.train.decay_steps <= 0:
+        raise ConfigError(f"config key 'train.decay_steps' must be > 0, got {cfg.train.decay_steps}")
     if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
         raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {cfg.train.max_minutes}")
     if cfg.train.batch_size % cfg.train.grad_accum:

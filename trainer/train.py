@@ -44,11 +44,13 @@ class TrainingError(Exception):
 
 
 def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup to train.lr, then cosine decay to train.min_lr at max_steps. A pure function of step."""
+    """Linear warmup to train.lr, then cosine decay to train.min_lr at decay_steps (default max_steps), flat
+    after. A pure function of the step."""
     t = cfg.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    horizon = t.decay_steps or t.max_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, horizon - t.warmup_steps))
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -232,6 +234,8 @@ def train(cfg: Config) -> int:
     metrics_path = out_dir / "metrics.jsonl"
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.pt.*.tmp"):  # a save cut short by kill -9; the .pt beside it is whole
+            stale.unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
 
     def log(event: dict) -> None:

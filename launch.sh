@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# launch.sh: train with the right launcher for this machine. `./launch.sh --help` explains.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'EOF'
+usage: ./launch.sh                      the quickstart: train configs/tiny.yaml, export, print a sample
+       ./launch.sh CONFIG [key=value ...]   train CONFIG with dotted overrides (train.max_steps=40 ...)
+
+How many processes:
+  several GPUs        accelerate launch --multi_gpu, one process per GPU, mixed precision from the config
+  one GPU or none     one process
+  NPROC=N             N processes (on a CPU machine: torchrun with gloo; with GPUs: the first N)
+Several machines: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each; they are passed on.
+Other variables: PYTHON (default .venv/bin/python if present, else python3).
+
+SIGTERM or SIGINT (Ctrl-C) reach the training processes only: they finish the current step, write
+ckpt.pt and exit 0. Run the same command again to resume, with any number of processes.
+EOF
+}
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
+if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON
+elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
+else PY=python3; fi
+BIN=$(dirname "$(command -v "$PY")")
+
+# Run a command in its own session; forward SIGTERM/SIGINT to its worker processes (not to a launcher,
+# which would kill them and exit non-zero), then wait for them to save and exit.
+run_forwarding_signals() {
+  setsid "$@" &
+  local leader=$!
+  forward() {
+    local workers
+    workers=$(pgrep -P "$leader" || true)
+    kill -TERM ${workers:-$leader} 2>/dev/null || true
+  }
+  trap forward TERM INT
+  local status=0
+  while true; do
+    wait "$leader" && status=0 || status=$?
+    kill -0 "$leader" 2>/dev/null || break  # `wait` also returns when a trapped signal arrives
+  done
+  trap - TERM INT
+  return "$status"
+}
+
+train() {
+  local config=$1; shift
+  if [[ ! -f "$config" ]]; then echo "error: config file '$config' not found" >&2; exit 2; fi
+  local gpus nproc precision
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  nproc=${NPROC:-$gpus}
+  [[ "$nproc" =~ ^[0-9]+$ ]] || { echo "error: NPROC must be a number, got '$nproc'" >&2; exit 2; }
+  local multi_node=()
+  if [[ -n "${NNODES:-}" ]]; then
+    : "${NODE_RANK:?set NODE_RANK with NNODES}" "${MASTER_ADDR:?set MASTER_ADDR with NNODES}"
+    multi_node=(--num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR"
+                --main_process_port "${MASTER_PORT:-29500}")
+  fi
+  if (( gpus > 1 && nproc > 1 )) || { (( gpus > 0 )) && [[ -n "${NNODES:-}" ]]; }; then
+    precision=$("$PY" -c "import sys; from trainer.config import load_config
+print(load_config(sys.argv[1], sys.argv[2:]).train.mixed_precision)" "$config" "$@") || exit 2
+    run_forwarding_signals "$BIN/accelerate" launch --multi_gpu --num_processes "$(( nproc * ${NNODES:-1} ))" \
+      --mixed_precision "$precision" "${multi_node[@]}" trainer/train.py --config "$config" "$@"
+  elif (( gpus == 0 && nproc > 1 )) || [[ -n "${NNODES:-}" ]]; then
+    local rendezvous=(--standalone)
+    if [[ -n "${NNODES:-}" ]]; then
+      rendezvous=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
+                  --master_port "${MASTER_PORT:-29500}")
+    fi
+    run_forwarding_signals "$PY" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node "$nproc" \
+      trainer/train.py --config "$config" "$@"
+  else
+    run_forwarding_signals "$PY" -m trainer.train --config "$config" "$@"
+  fi
+}
+
+if [[ $# -gt 0 ]]; then
+  train "$@"
+  exit $?
+fi
+
+# ---- the quickstart: Tiny Shakespeare (or, offline, the Python standard library), train, export, sample
+data=tinyshakespeare prime="ROMEO:"
+if ! "$PY" -m trainer.data tinyshakespeare >/dev/null 2>&1; then
+  echo "charlstm: Tiny Shakespeare could not be downloaded (no network?); training on builtin:python-stdlib" >&2
+  data=builtin:python-stdlib prime="def "
+fi
+train configs/tiny.yaml "data.path=$data"
+"$PY" -m export.onnx runs/tiny/best.pt
+echo "--- a sample from runs/tiny/best.onnx:"
+"$PY" -m serve.sample runs/tiny/best.onnx --prime "$prime" --length 600 --top-k 5 --seed 0

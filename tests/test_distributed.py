@@ -1,0 +1,192 @@
+"""N processes on CPU (torchrun + gloo through launch.sh): sharded streams compute what one process
+computes; elastic resume; preemption; kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, TINY, one_line_error
+
+from trainer.checkpoint import load_checkpoint
+
+SCHEDULE = [
+    "train.max_steps=20",
+    "train.decay_steps=20",
+    "train.eval_every=10",
+    "train.save_every=10",
+    "model.dropout=0.1",
+]
+
+
+def launch_cmd(nproc: int, out, *overrides):
+    cmd = [str(ROOT / "launch.sh"), "configs/tiny.yaml", *TINY, *overrides, f"out_dir={out}"]
+    env = {**os.environ, "NPROC": str(nproc), "PYTHON": sys.executable}
+    return cmd, env
+
+
+def launch(nproc: int, out, *overrides) -> subprocess.CompletedProcess:
+    cmd, env = launch_cmd(nproc, out, *overrides)
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return result
+
+
+def launch_ok(nproc, out, *overrides):
+    result = launch(nproc, out, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_checkpoint(out / "ckpt.pt")
+
+
+def assert_close_params(a, b, rel=1e-5):
+    for key, value in a["model"].items():
+        scale = value.abs().max().clamp_min(1e-12)
+        assert (value - b["model"][key]).abs().max() <= rel * scale, key
+
+
+def train_losses(out):
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [e["train_loss"] for e in events if "train_loss" in e], [e["val_loss"] for e in events if "val_loss" in e]
+
+
+@pytest.fixture(scope="module")
+def data(corpus_100k):
+    return f"data.path={corpus_100k}"
+
+
+@pytest.fixture(scope="module")
+def one_process(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process")
+    launch_ok(1, out, data, *SCHEDULE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_processes")
+    launch_ok(2, out, data, *SCHEDULE)
+    return out
+
+
+def test_two_processes_compute_what_one_computes(one_process, two_processes):
+    one, two = load_checkpoint(one_process / "ckpt.pt"), load_checkpoint(two_processes / "ckpt.pt")
+    assert one["step"] == two["step"] == 20
+    assert_close_params(one, two, rel=1e-5)
+    train_one, val_one = train_losses(one_process)
+    train_two, val_two = train_losses(two_processes)
+    assert train_two == pytest.approx(train_one, rel=1e-5)
+    assert val_two == pytest.approx(val_one, rel=1e-6)  # sharded validation, reduced
+    assert two["config"]["train"]["batch_size"] == 8 and two["streams"]["h"].shape[0] == 8  # all streams
+
+
+def test_elastic_resume_two_to_one(one_process, data, tmp_path):
+    launch_ok(2, tmp_path, data, *SCHEDULE, "train.max_steps=10")
+    resumed = launch_ok(1, tmp_path, data, *SCHEDULE)
+    assert_close_params(load_checkpoint(one_process / "ckpt.pt"), resumed)
+
+
+def test_elastic_resume_one_to_two(one_process, data, tmp_path):
+    launch_ok(1, tmp_path, data, *SCHEDULE, "train.max_steps=10")
+    resumed = launch_ok(2, tmp_path, data, *SCHEDULE)
+    assert_close_params(load_checkpoint(one_process / "ckpt.pt"), resumed)
+
+
+def test_same_process_count_resume_is_bitwise(two_processes, data, tmp_path):
+    launch_ok(2, tmp_path, data, *SCHEDULE, "train.max_steps=10")
+    resumed = launch_ok(2, tmp_path, data, *SCHEDULE)
+    straight = load_checkpoint(two_processes / "ckpt.pt")
+    for key in straight["model"]:
+        assert torch.equal(straight["model"][key], resumed["model"][key]), key
+    for key in ("h", "c"):
+        assert torch.equal(straight["streams"][key], resumed["streams"][key])
+
+
+def wait_for_step(out, step: int, process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "training ended before it could be interrupted"
+        if metrics.exists():
+            steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.endswith("}")]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached")
+
+
+LONG = [
+    "train.max_steps=300",
+    "train.decay_steps=300",
+    "train.eval_every=100",
+    "train.save_every=100",
+    "train.log_every=1",
+    "model.dropout=0.1",
+]
+
+
+def test_sigterm_saves_exits_zero_and_resumes(data, tmp_path):
+    """SIGTERM to a 2-process run: the current step finishes, ckpt.pt is written, exit 0 with one line;
+    rerunning ends with the same weights as an uninterrupted run."""
+    cmd, env = launch_cmd(2, tmp_path / "stopped", data, *LONG)
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(tmp_path / "stopped", 30, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("charlstm: stopped by SIGTERM after step") and "rerun to resume" in last
+    stopped_at = load_checkpoint(tmp_path / "stopped" / "ckpt.pt")["step"]
+    assert 30 <= stopped_at < 300
+    resumed = launch_ok(2, tmp_path / "stopped", data, *LONG)
+    straight = launch_ok(2, tmp_path / "straight", data, *LONG)
+    for key in straight["model"]:
+        assert torch.equal(straight["model"][key], resumed["model"][key]), key
+
+
+def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
+    """kill -9 at several points of a run that saves every step (so some kills land inside a save): ckpt.pt
+    always loads, and resuming after the last kill ends bitwise equal to an uninterrupted run."""
+    args = ["-m", "trainer.train", "--config", "configs/tiny.yaml", *TINY, data, *LONG, "train.save_every=1"]
+    killed_at = []
+    for step in (20, 45, 70):
+        process = subprocess.Popen(
+            [sys.executable, *args, f"out_dir={tmp_path / 'killed'}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_step(tmp_path / "killed", step, process)
+        process.kill()
+        process.wait()
+        killed_at.append(load_checkpoint(tmp_path / "killed" / "ckpt.pt")["step"])  # always readable
+    assert killed_at == sorted(killed_at) and killed_at[-1] >= 70
+    subprocess.run([sys.executable, *args, f"out_dir={tmp_path / 'killed'}"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, *args, f"out_dir={tmp_path / 'straight'}"], cwd=ROOT, check=True, capture_output=True
+    )
+    resumed = load_checkpoint(tmp_path / "killed" / "ckpt.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "ckpt.pt")
+    assert resumed["step"] == straight["step"] == 300
+    for key in straight["model"]:
+        assert torch.equal(straight["model"][key], resumed["model"][key]), key
+    assert not list((tmp_path / "killed").glob(".*.tmp"))  # leftovers of cut saves are cleaned up
+
+
+def test_batch_must_divide_over_processes(data, tmp_path):
+    result = launch(2, tmp_path / "run", data, "train.batch_size=7")
+    assert result.returncode != 0
+    assert "error: train.batch_size=7 does not divide over 2 processes" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_launch_help():
+    result = subprocess.run([str(ROOT / "launch.sh"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "NPROC" in result.stdout and "NNODES" in result.stdout
+
+
+def test_launch_missing_config():
+    result = subprocess.run([str(ROOT / "launch.sh"), "configs/nope.yaml"], capture_output=True, text=True)
+    assert result.returncode == 2 and "not found" in one_line_error(result.stderr)
