@@ -13,6 +13,12 @@ from serve.sampler import Sampler, SamplerError
 from serve.score import read_text
 
 
+def sample(net: Sampler, size: int, prime: str = "The", top_k: int | None = None, **options) -> str:
+    """The seed's call, `sample(net, 1000, prime='El libro empieza años', top_k=5)`: the prime followed by
+    `size` generated characters. `options` go to Sampler.generate (temperature, top_p, seed)."""
+    return prime + net.generate(prime, size, top_k=top_k, **options)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve.sample", description="Generate text from a charlstm .onnx.")
     parser.add_argument("model", help="an .onnx exported by export.onnx")

@@ -82,6 +82,13 @@ def test_two_processes_compute_what_one_computes(one_process, two_processes):
     assert two["config"]["train"]["batch_size"] == 8 and two["streams"]["h"].shape[0] == 8  # all streams
 
 
+def test_export_reads_a_two_process_checkpoint(two_processes, tmp_path):
+    from export.onnx import main as export_main
+
+    assert export_main([str(two_processes / "ckpt.pt"), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file()
+
+
 def test_elastic_resume_two_to_one(one_process, data, tmp_path):
     launch_ok(2, tmp_path, data, *SCHEDULE, "train.max_steps=10")
     resumed = launch_ok(1, tmp_path, data, *SCHEDULE)

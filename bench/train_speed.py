@@ -1,0 +1,57 @@
+"""Training chars/s: our trainer (fp32 and bf16) against the seed's method, side by side.
+
+2 x 512 LSTM, batch 128 x sequence 100, dropout 0.5, clip 5, on Tiny Shakespeare. Each contender runs in
+a fresh process, in alternating rounds; the figure is the median over the measured steps of all rounds
+(the first steps of each run are warm-up and not counted).
+
+    python bench/train_speed.py [--rounds 3] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from common import CORPUS, machine, median, run_json, table
+
+WARMUP = 2
+OURS = ["model.embed=64", "model.hidden=512", "model.layers=2", "model.dropout=0.5", "train.batch_size=128",
+        "train.seq_len=100", "train.lr=0.001", "train.grad_clip=5", "train.warmup_steps=0", "train.log_every=1",
+        "train.eval_every=100000", "train.save_every=100000", "data.val_fraction=0.01"]
+
+
+def ours(steps: int, precision: str) -> list[float]:
+    with tempfile.TemporaryDirectory() as out:
+        code = (
+            "import sys, json; from trainer.train import main; "
+            f"main(['--config', 'configs/tiny.yaml', 'data.path={CORPUS}', 'out_dir={out}', "
+            f"'train.max_steps={steps}', 'train.mixed_precision={precision}', *{OURS!r}]); "
+            f"print(json.dumps([json.loads(l)['chars_per_s'] for l in open('{out}/metrics.jsonl') "
+            "if 'chars_per_s' in l]))"
+        )
+        return run_json(["-c", code])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per run (after 2 warm-up steps)")
+    args = parser.parse_args()
+    speeds: dict[str, list[float]] = {"seed (one-hot, fp32)": [], "charlstm fp32": [], "charlstm bf16": []}
+    for round_ in range(args.rounds):
+        speeds["seed (one-hot, fp32)"] += run_json(["bench/seed_charrnn.py", "train", str(args.steps + WARMUP)])[
+            "chars_per_s"][WARMUP:]
+        speeds["charlstm fp32"] += ours(args.steps + WARMUP, "no")[WARMUP:]
+        speeds["charlstm bf16"] += ours(args.steps + WARMUP, "bf16")[WARMUP:]
+        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{k} {median(v):,.0f}" for k, v in speeds.items()))
+    seed = median(speeds["seed (one-hot, fp32)"])
+    rows = [(name, f"{median(v):,.0f}", f"{median(v) / seed:.2f}x") for name, v in speeds.items()]
+    print(f"\nTraining chars/s, 2x512, batch 128 x 100, on {machine()}")
+    print(table(rows, ("contender", "chars/s (median)", "vs seed")))
+    print(json.dumps({k: median(v) for k, v in speeds.items()}))
+
+
+if __name__ == "__main__":
+    main()

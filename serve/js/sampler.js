@@ -1,0 +1,204 @@
+'use strict';
+// charlstm sampler for Node.js on onnxruntime-node. Needs only the .onnx: the vocabulary and config are
+// read from its metadata_props (parsed straight from the protobuf: onnxruntime-node does not expose them).
+//
+//   const { Sampler } = require('./sampler');
+//   const sampler = await Sampler.create('model.onnx');
+//   const text = await sampler.generate('El libro empieza años', 1000, { topK: 5, seed: 0 });
+
+const fs = require('fs');
+const ort = require('onnxruntime-node');
+
+const FORMAT = 'charlstm-cell/1';
+
+class SamplerError extends Error {}
+
+// ---- the metadata: ModelProto field 14 is metadata_props, a repeated {key = 1, value = 2} of strings
+
+function readVarint(buf, pos) {
+  let value = 0;
+  let scale = 1;
+  for (;;) {
+    if (pos >= buf.length) throw new SamplerError('truncated protobuf');
+    const byte = buf[pos++];
+    value += (byte & 0x7f) * scale;
+    if (byte < 0x80) return [value, pos];
+    scale *= 128;
+  }
+}
+
+function* fields(buf, start = 0, end = buf.length) {
+  let pos = start;
+  while (pos < end) {
+    let tag;
+    [tag, pos] = readVarint(buf, pos);
+    const field = Math.floor(tag / 8);
+    const wire = tag % 8;
+    if (wire === 0) {
+      [, pos] = readVarint(buf, pos);
+      yield [field, null, null];
+    } else if (wire === 1) {
+      pos += 8;
+    } else if (wire === 5) {
+      pos += 4;
+    } else if (wire === 2) {
+      let length;
+      [length, pos] = readVarint(buf, pos);
+      if (pos + length > end) throw new SamplerError('truncated protobuf');
+      yield [field, pos, pos + length];
+      pos += length;
+    } else {
+      throw new SamplerError(`not an ONNX model (protobuf wire type ${wire})`);
+    }
+  }
+}
+
+function readMetadata(path) {
+  const buf = fs.readFileSync(path);
+  const metadata = {};
+  for (const [field, start, end] of fields(buf)) {
+    if (field !== 14 || start === null) continue;
+    let key = null;
+    let value = '';
+    for (const [inner, s, e] of fields(buf, start, end)) {
+      if (inner === 1 && s !== null) key = buf.toString('utf8', s, e);
+      if (inner === 2 && s !== null) value = buf.toString('utf8', s, e);
+    }
+    if (key !== null) metadata[key] = value;
+  }
+  return metadata;
+}
+
+// ---- seeded random numbers (mulberry32): the same seed gives the same text
+
+function mulberry32(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function pick(logits, topK, temperature, topP, random) {
+  // logits: Float32Array(V) of one sample; greedy, or a draw from the top-k / top-p tempered softmax
+  const V = logits.length;
+  if (topK === 1 || temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  let order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]);
+  if (topK) order = order.slice(0, topK);
+  const top = logits[order[0]];
+  let probs = order.map((i) => Math.exp((logits[i] - top) / temperature));
+  let total = probs.reduce((a, b) => a + b, 0);
+  if (topP !== null && topP < 1) {
+    let mass = 0;
+    let keep = 0;
+    while (keep < probs.length && mass < topP * total) mass += probs[keep++];
+    probs = probs.slice(0, keep);
+    order = order.slice(0, keep);
+    total = mass;
+  }
+  let draw = random() * total;
+  for (let i = 0; i < probs.length; i++) {
+    draw -= probs[i];
+    if (draw < 0) return order[i];
+  }
+  return order[order.length - 1];
+}
+
+class Sampler {
+  static async create(path, { device = 'cpu', threads } = {}) {
+    if (!fs.existsSync(path)) throw new SamplerError(`model '${path}' does not exist`);
+    let metadata;
+    try {
+      metadata = readMetadata(path);
+    } catch (e) {
+      throw new SamplerError(`${path}: not a valid ONNX model (${e.message})`);
+    }
+    if (metadata.format !== FORMAT || !metadata.vocab) {
+      throw new SamplerError(`${path}: not a charlstm model (no ${FORMAT} metadata; export it with export.onnx)`);
+    }
+    const options = { executionProviders: device === 'cuda' ? ['cuda'] : ['cpu'], logSeverityLevel: 3 };
+    if (threads) options.intraOpNumThreads = threads;
+    let session;
+    try {
+      session = await ort.InferenceSession.create(path, options);
+    } catch (e) {
+      throw new SamplerError(`${path}: onnxruntime could not load it (${String(e.message).split('\n')[0]})`);
+    }
+    return new Sampler(session, JSON.parse(metadata.vocab), JSON.parse(metadata.config || '{}'));
+  }
+
+  constructor(session, vocab, config) {
+    this.session = session;
+    this.vocab = vocab;
+    this.config = config;
+    this.index = new Map(vocab.map((ch, i) => [ch, i]));
+    const h = session.inputMetadata.find((m) => m.name === 'h');
+    this.layers = Number(h.shape[0]);
+    this.hidden = Number(h.shape[2]);
+  }
+
+  encode(text, unknown = 'error') {
+    const chars = Array.from(text); // code points: an emoji is one character, as in Python
+    const missing = [...new Set(chars.filter((ch) => !this.index.has(ch)))].sort();
+    if (missing.length && unknown === 'error') {
+      const shown = missing.slice(0, 10).map((ch) => `'${ch}' (U+${ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')})`);
+      throw new SamplerError(`the prime has characters the model does not know: ${shown.join(', ')} (use --unknown skip to drop them)`);
+    }
+    return chars.filter((ch) => this.index.has(ch)).map((ch) => this.index.get(ch));
+  }
+
+  // Generate `length` characters after `prime` for numSamples sequences advanced together.
+  // Returns a string, or an array of numSamples strings when numSamples > 1.
+  async generate(prime, length, { topK = null, temperature = 1.0, topP = null, seed = null,
+    numSamples = 1, unknown = 'error', onChar = null } = {}) {
+    const V = this.vocab.length;
+    if (!Number.isInteger(length) || length < 0) throw new SamplerError(`length must be an integer >= 0, got ${length}`);
+    if (topK !== null && !(Number.isInteger(topK) && topK >= 1 && topK <= V)) {
+      throw new SamplerError(`top_k must be between 1 and the vocabulary size ${V}, got ${topK}`);
+    }
+    if (!(Number.isFinite(temperature) && temperature >= 0)) throw new SamplerError(`temperature must be >= 0, got ${temperature}`);
+    if (topP !== null && !(topP > 0 && topP <= 1)) throw new SamplerError(`top_p must be in (0, 1], got ${topP}`);
+    if (!Number.isInteger(numSamples) || numSamples < 1) throw new SamplerError(`num_samples must be an integer >= 1, got ${numSamples}`);
+    let ids = this.encode(prime, unknown);
+    if (ids.length === 0) ids = [this.index.has('\n') ? this.index.get('\n') : 0];
+    const random = mulberry32(seed === null ? Math.floor(Math.random() * 2 ** 32) : seed);
+    const N = numSamples;
+    const shape = [this.layers, N, this.hidden];
+    let h = new ort.Tensor('float32', new Float32Array(this.layers * N * this.hidden), shape);
+    let c = new ort.Tensor('float32', new Float32Array(this.layers * N * this.hidden), shape);
+    const tokens = new BigInt64Array(N);
+    const token = new ort.Tensor('int64', tokens, [N]);
+    let logits = null;
+    const step = async () => {
+      const out = await this.session.run({ token, h, c });
+      h = out.h_out;
+      c = out.c_out;
+      logits = out.logits.data;
+    };
+    for (const id of ids) {
+      tokens.fill(BigInt(id));
+      await step();
+    }
+    const texts = Array.from({ length: N }, () => []);
+    for (let t = 0; t < length; t++) {
+      for (let n = 0; n < N; n++) {
+        const id = pick(logits.subarray(n * V, (n + 1) * V), topK, temperature, topP, random);
+        tokens[n] = BigInt(id);
+        texts[n].push(this.vocab[id]);
+      }
+      if (onChar) onChar(N === 1 ? texts[0][t] : texts.map((chars) => chars[t]));
+      await step();
+    }
+    const joined = texts.map((chars) => chars.join(''));
+    return N === 1 ? joined[0] : joined;
+  }
+}
+
+module.exports = { Sampler, SamplerError, readMetadata };

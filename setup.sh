@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# setup.sh: create .venv and install charlstm into it.
+#   ./setup.sh          training, export and sampling (onnxruntime for the CPU)
+#   ./setup.sh --gpu    the same with onnxruntime-gpu (never both: they are one Python module)
+#   ./setup.sh --dev    also pytest, ruff and the Node.js sampler's packages (what the tests need)
+set -euo pipefail
+cd "$(dirname "$0")"
+runtime=cpu dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) runtime=gpu ;;
+    --dev) dev=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $arg (see ./setup.sh --help)" >&2; exit 2 ;;
+  esac
+done
+PYTHON=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip
+# torch first, pinned: on this kind of machine 2.13.0 is a CPU wheel on local disk; an unpinned torch
+# would pull a CUDA build of several GB. pyproject.toml keeps a range that 2.13.0 satisfies.
+pip install "torch==${TORCH_VERSION:-2.13.0}"
+extras=$runtime
+if [[ $dev == 1 ]]; then extras="$extras,dev"; fi
+pip install -e ".[$extras]"
+if [[ $dev == 1 ]]; then
+  if command -v npm >/dev/null; then
+    (cd serve/js && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund --loglevel=error)
+  else
+    echo "setup.sh: npm not found; the JavaScript sampler test will be skipped" >&2
+  fi
+fi
+echo "setup.sh: ready (.venv, onnxruntime for $runtime$([[ $dev == 1 ]] && echo ', dev tools'))"

@@ -1,0 +1,215 @@
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import ROOT, one_line_error, run_cli
+
+from export.onnx import model_from_checkpoint
+from serve import Sampler, SamplerError
+from serve.sample import main as sample_main
+from serve.sample import sample
+from serve.score import main as score_main
+from serve.score import score
+from trainer.checkpoint import load_checkpoint
+from trainer.data import load_corpus, split
+
+
+def torch_greedy(run_dir, prime: str, length: int) -> str:
+    """The PyTorch model's argmax path, one step() per character."""
+    ckpt = load_checkpoint(run_dir / "ckpt.pt")
+    model = model_from_checkpoint(ckpt, run_dir / "ckpt.pt")
+    index = {ch: i for i, ch in enumerate(ckpt["vocab"])}
+    h, c = model.zero_state(1)
+    out = []
+    with torch.no_grad():
+        for ch in prime:
+            logits, h, c = model.step(torch.tensor([index[ch]]), h, c)
+        for _ in range(length):
+            token = int(logits.argmax())
+            out.append(ckpt["vocab"][token])
+            logits, h, c = model.step(torch.tensor([token]), h, c)
+    return "".join(out)
+
+
+def test_greedy_equals_pytorch_argmax_path(tiny_run, tiny_onnx):
+    sampler = Sampler(tiny_onnx)
+    expected = torch_greedy(tiny_run, "ROMEO:\n", 300)
+    assert sampler.generate("ROMEO:\n", 300, top_k=1) == expected
+    assert sampler.generate("ROMEO:\n", 300, temperature=0) == expected
+
+
+def test_same_seed_same_text(tiny_onnx):
+    sampler = Sampler(tiny_onnx)
+    a = sampler.generate("The ", 200, top_k=10, temperature=1.0, seed=7)
+    assert a == sampler.generate("The ", 200, top_k=10, temperature=1.0, seed=7)
+    assert a != sampler.generate("The ", 200, top_k=10, temperature=1.0, seed=8)
+    assert "".join(sampler.stream("The ", 200, top_k=10, seed=7)) == a
+
+
+def test_batched_greedy_equals_one_by_one(tiny_onnx):
+    sampler = Sampler(tiny_onnx)
+    single = sampler.generate("KING", 150, top_k=1)
+    assert sampler.generate("KING", 150, top_k=1, num_samples=5) == [single] * 5
+    varied = sampler.generate("KING", 150, top_k=20, seed=1, num_samples=3)
+    assert len(set(varied)) == 3  # samples in a batch draw independently
+
+
+def test_top_k_never_picks_outside_the_top_k():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 30)).astype(np.float32)
+    for k in (1, 3, 10):
+        picked = Sampler._pick(logits, k, 1.0, None, rng)
+        top = np.argsort(-logits, axis=1)[:, :k]
+        assert all(p in row for p, row in zip(picked, top))
+    picked = Sampler._pick(logits, 3, 1.0, None, rng)
+    assert len(set(picked[logits.argmax(axis=1) != picked])) > 1  # not just greedy
+
+
+def test_top_p_keeps_the_nucleus():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4000, 30)).astype(np.float32) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    picked = Sampler._pick(logits, None, 1.0, 0.5, rng)
+    for row, p in zip(probs, picked):
+        order = np.argsort(-row)
+        size = int(np.searchsorted(np.cumsum(row[order]), 0.5) + 1)  # smallest set with mass >= 0.5
+        assert p in order[:size]
+    counts = np.bincount(Sampler._pick(np.tile(logits[:1], (20000, 1)), None, 1.0, None, rng), minlength=30)
+    np.testing.assert_allclose(counts / 20000, probs[0], atol=0.015)  # a plain draw follows the softmax
+
+
+def test_serve_does_not_import_torch(tiny_onnx):
+    code = (
+        "import sys; from serve import Sampler; from serve.score import score; "
+        f"s = Sampler({str(tiny_onnx)!r}); s.generate('The ', 50, top_k=5, seed=0); score(s, 'The king is here.'); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    for path in (ROOT / "serve").glob("*.py"):
+        source = path.read_text()
+        assert "import torch" not in source and "from trainer" not in source, path
+
+
+def test_score_agrees_with_the_trainer(tiny_run, tiny_onnx, tmp_path):
+    ckpt = load_checkpoint(tiny_run / "ckpt.pt")
+    corpus = load_corpus(ckpt["config"]["data"]["path"])
+    _, val = split(corpus.ids, ckpt["config"]["data"]["val_fraction"])
+    val_file = tmp_path / "val.txt"
+    val_file.write_text(corpus.decode(np.asarray(val)), encoding="utf-8")
+    loss = score(Sampler(tiny_onnx), val_file.read_text(encoding="utf-8"))
+    assert loss == pytest.approx(ckpt["val_loss"], abs=1e-3)
+    result = run_cli("-m", "serve.score", str(tiny_onnx), str(val_file), "--quiet")
+    assert result.returncode == 0, result.stderr
+    nats, bpc = float(result.stdout.split()[0]), float(result.stdout.split()[2])
+    assert nats == pytest.approx(loss, abs=1e-6) and bpc == pytest.approx(loss / math.log(2), abs=1e-6)
+
+
+def test_cli_streams_prime_and_text(tiny_onnx):
+    result = run_cli("-m", "serve.sample", str(tiny_onnx), "--prime", "ROMEO:", "--length", "100", "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ROMEO:" + Sampler(tiny_onnx).generate("ROMEO:", 100, top_k=1) + "\n"
+    result = run_cli("-m", "serve.sample", str(tiny_onnx), "--prime", "A", "--length", "20", "--num-samples", "2",
+                     "--top-k", "5", "--seed", "3", "--temperature", "0.8", "--top-p", "0.9")
+    assert result.returncode == 0 and result.stdout.count("--- sample") == 2
+
+
+def test_the_seeds_own_call_on_a_spanish_model(spanish_onnx):
+    """The seed: sample(net, 1000, prime='El libro empieza años', top_k=5)."""
+    net = Sampler(spanish_onnx)
+    text = sample(net, 1000, prime="El libro empieza años", top_k=5)
+    assert text.startswith("El libro empieza años") and len(text) == len("El libro empieza años") + 1000
+    assert set(text) <= set(net.vocab)
+    assert net.generate("¿Quién? ñ 🙂", 50, top_k=1) == net.generate("¿Quién? ñ 🙂", 50, top_k=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prime", "hello ☃ ☂"], "characters the model does not know: '☂' (U+2602), '☃' (U+2603)"),
+        (["--top-k", "0"], "top_k must be between 1 and the vocabulary size"),
+        (["--top-k", "1000"], "top_k must be between 1 and the vocabulary size"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--length", "-5"], "length must be an integer >= 0"),
+        (["--num-samples", "0"], "num_samples must be an integer >= 1"),
+        (["--prime-file", "/nonexistent/prime.txt"], "does not exist"),
+    ],
+)
+def test_bad_sampling_options(tiny_onnx, args, message, capsys):
+    assert sample_main([str(tiny_onnx), *args]) == 2
+    captured = capsys.readouterr()
+    assert message in one_line_error(captured.err)
+    assert captured.out == ""  # nothing printed before the check
+
+
+def test_unknown_skip_drops_characters(tiny_onnx, capsys):
+    assert sample_main([str(tiny_onnx), "--prime", "ROMEO☃:", "--unknown", "skip", "--length", "10", "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO☃:")
+
+
+def test_bad_models(tmp_path, capsys):
+    (tmp_path / "garbage.onnx").write_bytes(b"definitely not protobuf \xff\xfe")
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "plain.onnx"))
+    for name, message in [("missing.onnx", "does not exist"), ("garbage.onnx", "not a valid ONNX model"),
+                          ("plain.onnx", "not a charlstm model")]:
+        assert sample_main([str(tmp_path / name), "--prime", "a"]) == 2
+        assert message in one_line_error(capsys.readouterr().err)
+        assert score_main([str(tmp_path / name), str(tmp_path / "garbage.onnx")]) == 2
+        assert message in one_line_error(capsys.readouterr().err)
+
+
+def test_cuda_without_a_gpu_is_an_error(tiny_onnx, capsys):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    assert sample_main([str(tiny_onnx), "--device", "cuda"]) == 2
+    assert "device cuda" in one_line_error(capsys.readouterr().err)
+    with pytest.raises(SamplerError):
+        Sampler(tiny_onnx, device="cuda")
+
+
+def test_score_bad_text(tiny_onnx, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert score_main([str(tiny_onnx), str(tmp_path / "latin1.txt")]) == 2
+    assert "not UTF-8 text" in one_line_error(capsys.readouterr().err)
+    (tmp_path / "one.txt").write_text("a")
+    assert score_main([str(tiny_onnx), str(tmp_path / "one.txt")]) == 2
+    assert "at least 2" in one_line_error(capsys.readouterr().err)
+
+
+JS = ROOT / "serve" / "js"
+
+
+def test_javascript_greedy_equals_python(tiny_onnx, spanish_onnx):
+    if shutil.which("node") is None or not (JS / "node_modules" / "onnxruntime-node").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node and serve/js/node_modules are required in CI (.ci/run installs them)")
+        pytest.skip("node or onnxruntime-node not installed (cd serve/js && npm install)")
+    for model, prime in ((tiny_onnx, "ROMEO:"), (spanish_onnx, "El libro empieza años ¿ñ 🙂")):
+        result = subprocess.run(["node", str(JS / "sample.js"), str(model), "--prime", prime, "--length", "300",
+                                 "--top-k", "1"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == prime + Sampler(model).generate(prime, 300, top_k=1) + "\n"
+    seeded = [subprocess.run(["node", str(JS / "sample.js"), str(tiny_onnx), "--prime", "A", "--length", "80",
+                              "--top-k", "5", "--seed", "4"], capture_output=True, text=True).stdout for _ in range(2)]
+    assert seeded[0] == seeded[1] and len(seeded[0]) == 82
+    bad = subprocess.run(["node", str(JS / "sample.js"), str(tiny_onnx), "--prime", "☃"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "does not know: '☃' (U+2603)" in one_line_error(bad.stderr)
+    meta = json.loads(subprocess.run(
+        ["node", "-e", f"console.log(JSON.stringify(require('{JS / 'sampler.js'}').readMetadata('{tiny_onnx}')))"],
+        capture_output=True, text=True).stdout)
+    assert meta["format"] == "charlstm-cell/1"
