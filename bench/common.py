@@ -28,8 +28,9 @@ def machine() -> str:
 
 def run_json(args: list[str], env: dict | None = None) -> dict:
     """Run `python ARGS` in a fresh process and parse the last stdout line as JSON."""
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         raise SystemExit(f"benchmark step failed: {' '.join(args)}\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -48,8 +48,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "corpus.txt"
         size = make_corpus(path, args.mb)
-        baseline = run_json(["-c", "import json, resource, trainer.data; print(json.dumps({'peak_mb': "
-                             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"])["peak_mb"]
+        baseline = run_json(
+            [
+                "-c",
+                "import json, resource, trainer.data; print(json.dumps({'peak_mb': "
+                "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))",
+            ]
+        )["peak_mb"]
         cold, warm = [], []
         for _ in range(args.rounds):
             for stale in Path(tmp).glob(".charlstm/*"):
@@ -58,16 +63,30 @@ def main() -> None:
             warm.append(measure(path, Path(tmp) / "cache"))  # hash, then memory-map the cache
     mb = size / 1e6
     rows = [
-        ("encode (first run)", f"{mb / median([r['seconds'] for r in cold]):,.0f} MB/s",
-         f"{median([r['peak_mb'] for r in cold]) - baseline:,.0f} MB"),
-        ("cached (later runs)", f"{mb / median([r['seconds'] for r in warm]):,.0f} MB/s",
-         f"{median([r['peak_mb'] for r in warm]) - baseline:,.0f} MB"),
+        (
+            "encode (first run)",
+            f"{mb / median([r['seconds'] for r in cold]):,.0f} MB/s",
+            f"{median([r['peak_mb'] for r in cold]) - baseline:,.0f} MB",
+        ),
+        (
+            "cached (later runs)",
+            f"{mb / median([r['seconds'] for r in warm]):,.0f} MB/s",
+            f"{median([r['peak_mb'] for r in warm]) - baseline:,.0f} MB",
+        ),
     ]
-    print(f"\n{mb:,.0f} MB UTF-8 corpus, {cold[0]['chars']:,} characters, vocab {cold[0]['vocab']} "
-          f"({cold[0]['dtype']} ids), on {machine()}")
+    print(
+        f"\n{mb:,.0f} MB UTF-8 corpus, {cold[0]['chars']:,} characters, vocab {cold[0]['vocab']} "
+        f"({cold[0]['dtype']} ids), on {machine()}"
+    )
     print(table(rows, ("", "speed (median)", "peak memory above the interpreter")))
-    print(json.dumps({"encode_mb_s": mb / median([r["seconds"] for r in cold]),
-                      "peak_mb": median([r["peak_mb"] for r in cold]) - baseline}))
+    print(
+        json.dumps(
+            {
+                "encode_mb_s": mb / median([r["seconds"] for r in cold]),
+                "peak_mb": median([r["peak_mb"] for r in cold]) - baseline,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

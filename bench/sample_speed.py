@@ -29,14 +29,18 @@ cfg.model.embed, cfg.model.hidden, cfg.model.layers = 64, 512, 2
 vocab = sorted(set(open({str(CORPUS)!r}, encoding='utf-8').read()))
 torch.manual_seed(0)
 model = build_model(len(vocab), cfg.model)
-save_checkpoint({str(folder / 'model.pt')!r}, dict(model=model.state_dict(), vocab=vocab, config=cfg.to_dict(),
+save_checkpoint({str(folder / "model.pt")!r}, dict(model=model.state_dict(), vocab=vocab, config=cfg.to_dict(),
                 step=0, val_loss=None))
 print('{{}}')
 """
     run_json(["-c", code])
     for extra in ([], ["--int8", "--eval-text", str(CORPUS)]):
-        run_json(["-c", f"import sys, export.onnx as e; sys.exit(e.main({[str(folder / 'model.pt'), *extra]!r}))"
-                  " or print('{}')"])
+        run_json(
+            [
+                "-c",
+                f"import export.onnx as e; assert e.main({[str(folder / 'model.pt'), *extra]!r}) == 0; print('{{}}')",
+            ]
+        )
     return folder / "model.onnx", folder / "model.int8.onnx"
 
 
@@ -63,7 +67,8 @@ def main() -> None:
         fp32, int8 = make_models(Path(tmp))
         contenders = {
             "seed (PyTorch, 1 forward/char)": lambda: run_json(["bench/seed_charrnn.py", "sample", str(args.chars)])[
-                "chars_per_s"],
+                "chars_per_s"
+            ],
             "charlstm fp32, batch 1": lambda: ours(fp32, args.chars, 1, args.threads),
             "charlstm int8, batch 1": lambda: ours(int8, args.chars, 1, args.threads),
             "charlstm fp32, 64 samples": lambda: ours(fp32, args.chars // 4, 64, args.threads),

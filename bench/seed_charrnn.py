@@ -40,8 +40,10 @@ class CharRNN(nn.Module):
 
     def init_hidden(self, batch_size):
         weight = next(self.parameters()).data
-        return (weight.new_zeros(self.n_layers, batch_size, self.n_hidden),
-                weight.new_zeros(self.n_layers, batch_size, self.n_hidden))
+        return (
+            weight.new_zeros(self.n_layers, batch_size, self.n_hidden),
+            weight.new_zeros(self.n_layers, batch_size, self.n_hidden),
+        )
 
 
 def one_hot_encode(arr, n_labels):

@@ -12,14 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from pathlib import Path
 
 from common import CORPUS, machine, median, run_json, table
 
 WARMUP = 2
-OURS = ["model.embed=64", "model.hidden=512", "model.layers=2", "model.dropout=0.5", "train.batch_size=128",
-        "train.seq_len=100", "train.lr=0.001", "train.grad_clip=5", "train.warmup_steps=0", "train.log_every=1",
-        "train.eval_every=100000", "train.save_every=100000", "data.val_fraction=0.01"]
+OURS = [
+    "model.embed=64",
+    "model.hidden=512",
+    "model.layers=2",
+    "model.dropout=0.5",
+    "train.batch_size=128",
+    "train.seq_len=100",
+    "train.lr=0.001",
+    "train.grad_clip=5",
+    "train.warmup_steps=0",
+    "train.log_every=1",
+    "train.eval_every=100000",
+    "train.save_every=100000",
+    "data.val_fraction=0.01",
+]
 
 
 def ours(steps: int, precision: str) -> list[float]:
@@ -42,7 +53,8 @@ def main() -> None:
     speeds: dict[str, list[float]] = {"seed (one-hot, fp32)": [], "charlstm fp32": [], "charlstm bf16": []}
     for round_ in range(args.rounds):
         speeds["seed (one-hot, fp32)"] += run_json(["bench/seed_charrnn.py", "train", str(args.steps + WARMUP)])[
-            "chars_per_s"][WARMUP:]
+            "chars_per_s"
+        ][WARMUP:]
         speeds["charlstm fp32"] += ours(args.steps + WARMUP, "no")[WARMUP:]
         speeds["charlstm bf16"] += ours(args.steps + WARMUP, "bf16")[WARMUP:]
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{k} {median(v):,.0f}" for k, v in speeds.items()))

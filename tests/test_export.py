@@ -60,8 +60,22 @@ def test_graph_contract(tiny_onnx, tiny_run):
     vocab = len(load_checkpoint(tiny_run / "ckpt.pt")["vocab"])
     assert outputs["logits"].elem_type == onnx.TensorProto.FLOAT and dims(outputs["logits"]) == ["batch", vocab]
     ops = {node.op_type for node in proto.graph.node}
-    assert ops <= {"Gather", "MatMul", "Add", "Split", "Sigmoid", "Tanh", "Mul", "Unsqueeze", "Concat", "Squeeze",
-                   "Slice", "Reshape", "Transpose", "Constant"}, ops
+    assert ops <= {
+        "Gather",
+        "MatMul",
+        "Add",
+        "Split",
+        "Sigmoid",
+        "Tanh",
+        "Mul",
+        "Unsqueeze",
+        "Concat",
+        "Squeeze",
+        "Slice",
+        "Reshape",
+        "Transpose",
+        "Constant",
+    }, ops
     assert "LSTM" not in ops
     # one self-contained file: weights inside, nothing beside it
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
@@ -116,8 +130,10 @@ def test_int8(tiny_run, tiny_onnx, tmp_path, capsys, corpus_100k):
 
 
 def test_reads_a_bf16_checkpoint(corpus_100k, tmp_path):
-    assert run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path}", "train.mixed_precision=bf16",
-                     "train.max_steps=5") == 0
+    assert (
+        run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path}", "train.mixed_precision=bf16", "train.max_steps=5")
+        == 0
+    )
     assert export_main([str(tmp_path / "ckpt.pt")]) == 0
     assert (tmp_path / "ckpt.onnx").is_file()
 

@@ -116,8 +116,25 @@ def test_cli_streams_prime_and_text(tiny_onnx):
     result = run_cli("-m", "serve.sample", str(tiny_onnx), "--prime", "ROMEO:", "--length", "100", "--top-k", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ROMEO:" + Sampler(tiny_onnx).generate("ROMEO:", 100, top_k=1) + "\n"
-    result = run_cli("-m", "serve.sample", str(tiny_onnx), "--prime", "A", "--length", "20", "--num-samples", "2",
-                     "--top-k", "5", "--seed", "3", "--temperature", "0.8", "--top-p", "0.9")
+    result = run_cli(
+        "-m",
+        "serve.sample",
+        str(tiny_onnx),
+        "--prime",
+        "A",
+        "--length",
+        "20",
+        "--num-samples",
+        "2",
+        "--top-k",
+        "5",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+    )
     assert result.returncode == 0 and result.stdout.count("--- sample") == 2
 
 
@@ -152,18 +169,26 @@ def test_bad_sampling_options(tiny_onnx, args, message, capsys):
 
 
 def test_unknown_skip_drops_characters(tiny_onnx, capsys):
-    assert sample_main([str(tiny_onnx), "--prime", "ROMEO☃:", "--unknown", "skip", "--length", "10", "--top-k", "1"]) == 0
+    args = ["--prime", "ROMEO☃:", "--unknown", "skip", "--length", "10", "--top-k", "1"]
+    assert sample_main([str(tiny_onnx), *args]) == 0
     assert capsys.readouterr().out.startswith("ROMEO☃:")
 
 
 def test_bad_models(tmp_path, capsys):
     (tmp_path / "garbage.onnx").write_bytes(b"definitely not protobuf \xff\xfe")
     node = onnx.helper.make_node("Identity", ["x"], ["y"])
-    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "plain.onnx"))
-    for name, message in [("missing.onnx", "does not exist"), ("garbage.onnx", "not a valid ONNX model"),
-                          ("plain.onnx", "not a charlstm model")]:
+    for name, message in [
+        ("missing.onnx", "does not exist"),
+        ("garbage.onnx", "not a valid ONNX model"),
+        ("plain.onnx", "not a charlstm model"),
+    ]:
         assert sample_main([str(tmp_path / name), "--prime", "a"]) == 2
         assert message in one_line_error(capsys.readouterr().err)
         assert score_main([str(tmp_path / name), str(tmp_path / "garbage.onnx")]) == 2
@@ -199,17 +224,44 @@ def test_javascript_greedy_equals_python(tiny_onnx, spanish_onnx):
             pytest.fail("node and serve/js/node_modules are required in CI (.ci/run installs them)")
         pytest.skip("node or onnxruntime-node not installed (cd serve/js && npm install)")
     for model, prime in ((tiny_onnx, "ROMEO:"), (spanish_onnx, "El libro empieza años ¿ñ 🙂")):
-        result = subprocess.run(["node", str(JS / "sample.js"), str(model), "--prime", prime, "--length", "300",
-                                 "--top-k", "1"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["node", str(JS / "sample.js"), str(model), "--prime", prime, "--length", "300", "--top-k", "1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout == prime + Sampler(model).generate(prime, 300, top_k=1) + "\n"
-    seeded = [subprocess.run(["node", str(JS / "sample.js"), str(tiny_onnx), "--prime", "A", "--length", "80",
-                              "--top-k", "5", "--seed", "4"], capture_output=True, text=True).stdout for _ in range(2)]
+    seeded = [
+        subprocess.run(
+            [
+                "node",
+                str(JS / "sample.js"),
+                str(tiny_onnx),
+                "--prime",
+                "A",
+                "--length",
+                "80",
+                "--top-k",
+                "5",
+                "--seed",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1] and len(seeded[0]) == 82
-    bad = subprocess.run(["node", str(JS / "sample.js"), str(tiny_onnx), "--prime", "☃"], capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        ["node", str(JS / "sample.js"), str(tiny_onnx), "--prime", "☃"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "does not know: '☃' (U+2603)" in one_line_error(bad.stderr)
-    meta = json.loads(subprocess.run(
-        ["node", "-e", f"console.log(JSON.stringify(require('{JS / 'sampler.js'}').readMetadata('{tiny_onnx}')))"],
-        capture_output=True, text=True).stdout)
+    meta = json.loads(
+        subprocess.run(
+            ["node", "-e", f"console.log(JSON.stringify(require('{JS / 'sampler.js'}').readMetadata('{tiny_onnx}')))"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert meta["format"] == "charlstm-cell/1"
