@@ -169,7 +169,8 @@ def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
         process.kill()
         process.wait()
         killed_at.append(load_checkpoint(tmp_path / "killed" / "ckpt.pt")["step"])  # always readable
-    assert killed_at == sorted(killed_at) and killed_at[-1] >= 70
+    # a kill inside the save of step k leaves step k-1: the file is always whole
+    assert killed_at == sorted(killed_at) and killed_at[-1] >= 69
     subprocess.run([sys.executable, *args, f"out_dir={tmp_path / 'killed'}"], cwd=ROOT, check=True, capture_output=True)
     subprocess.run(
         [sys.executable, *args, f"out_dir={tmp_path / 'straight'}"], cwd=ROOT, check=True, capture_output=True

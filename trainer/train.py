@@ -401,6 +401,9 @@ def train(cfg: Config) -> int:
             )
         else:
             print(f"charlstm: nothing to do, {ckpt_path} is at step {step} = train.max_steps")
+    # All ranks tear the process group down together: a rank that exits while another still writes its
+    # checkpoint can abort in gloo's teardown ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
 
