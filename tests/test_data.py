@@ -124,3 +124,18 @@ def test_too_short_corpus_says_what_it_needs():
         TrainStreams(np.arange(1000), 32, 100)
     with pytest.raises(UserError, match="validation split has 10 characters"):
         EvalStreams(np.arange(10), 32, 100)
+
+
+def test_read_only_corpus_folder_uses_the_user_cache(tmp_path):
+    """Like ../shared in CI: a folder without write bits is left alone, even when running as root."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    (folder / "text.txt").write_text("read-only corpus ñ\n" * 50, encoding="utf-8")
+    folder.chmod(0o555)
+    try:
+        corpus = load_corpus(str(folder / "text.txt"))
+        assert sorted(p.name for p in folder.iterdir()) == ["text.txt"]  # nothing written beside it
+        assert str(corpus.ids.filename).startswith(str(data.user_cache_dir()))
+        assert corpus.decode(corpus.ids) == "read-only corpus ñ\n" * 50
+    finally:
+        folder.chmod(0o755)

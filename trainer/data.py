@@ -191,10 +191,19 @@ def encode_file(path: Path, out: Path) -> tuple[np.ndarray, list[str]]:
     return np.load(out, mmap_mode="r"), vocab
 
 
-def cache_paths(path: Path, sha256: str) -> tuple[Path, Path]:
+def _writable(folder: Path) -> bool:
+    """Writable by its permission bits, for root too: root may write anywhere, but a folder without write
+    bits (a shared, read-only data folder) is not ours to fill."""
+    try:
+        return os.access(folder, os.W_OK) and (os.geteuid() != 0 or bool(folder.stat().st_mode & 0o222))
+    except OSError:
+        return False
+
+
+def cache_paths(path: Path, sha256: str, beside: bool = True) -> tuple[Path, Path]:
+    """The cached ids and vocab: next to the corpus when that folder is writable, else in the user cache."""
     folder = path.resolve().parent / ".charlstm"
-    writable = os.access(folder if folder.exists() else folder.parent, os.W_OK)
-    if not writable:
+    if not beside or not _writable(folder if folder.exists() else folder.parent):
         folder = user_cache_dir() / "ids"
     stem = f"{path.name}.{sha256[:16]}"
     return folder / f"{stem}.ids.npy", folder / f"{stem}.vocab.json"
@@ -213,7 +222,11 @@ def load_corpus(spec: str) -> Corpus:
                 return Corpus(ids, vocab, sha256)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is simply rebuilt
-    ids, vocab = encode_file(path, ids_path)
+    try:
+        ids, vocab = encode_file(path, ids_path)
+    except OSError:  # e.g. a read-only mount that the permission bits did not show
+        ids_path, vocab_path = cache_paths(path, sha256, beside=False)
+        ids, vocab = encode_file(path, ids_path)
     _atomic_write_bytes(vocab_path, json.dumps({"vocab": vocab, "sha256": sha256}).encode("utf-8"))
     return Corpus(ids, vocab, sha256)
 
