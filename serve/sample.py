@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             pieces = sampler.stream(
                 prime, args.length, args.top_k, args.temperature, args.top_p, args.seed, 1, args.unknown
             )
-            first = next(pieces, "")  # the options and the prime are checked before anything is printed
-            sys.stdout.write(prime + first)
+            sys.stdout.write(prime)  # stream() has checked the options and the prime
             for ch in pieces:
                 sys.stdout.write(ch)
                 sys.stdout.flush()

@@ -149,11 +149,15 @@ class Sampler:
         num_samples: int = 1,
         unknown: str = "error",
     ) -> Iterator[str | list[str]]:
-        """Yield the generated characters one step at a time: a str, or a list of num_samples strs."""
+        """Yield the generated characters one step at a time: a str, or a list of num_samples strs.
+        The options and the prime are checked here, before the first character."""
         self._check_options(length, top_k, temperature, top_p, num_samples)
         prime_ids = self.encode(prime, unknown)
         if len(prime_ids) == 0:  # no prime: start from the zero state after a newline (or the first char)
             prime_ids = np.array([self.index.get("\n", 0)], dtype=np.int64)
+        return self._steps(prime_ids, length, top_k, temperature, top_p, seed, num_samples)
+
+    def _steps(self, prime_ids, length, top_k, temperature, top_p, seed, num_samples) -> Iterator[str | list[str]]:
         run = self._runner(num_samples)
         rng = np.random.default_rng(seed)
         for token in prime_ids:

@@ -265,3 +265,8 @@ def test_javascript_greedy_equals_python(tiny_onnx, spanish_onnx):
         ).stdout
     )
     assert meta["format"] == "charlstm-cell/1"
+
+
+def test_stream_checks_before_the_first_character(tiny_onnx):
+    with pytest.raises(SamplerError, match="top_k"):
+        Sampler(tiny_onnx).stream("A", 10, top_k=0)  # raised at the call, not at the first next()

@@ -356,6 +356,8 @@ def train(cfg: Config) -> int:
             else:
                 bad_steps = 0
                 optimizer.step()
+                if optimizer.step_was_skipped:  # fp16 only: the gradients overflowed, the scaler lowered the scale
+                    log({"step": step, "skipped": "fp16 gradient overflow; loss scale lowered"})
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum += step_loss
                 loss_count += 1
