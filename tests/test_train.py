@@ -248,3 +248,40 @@ def test_configs_parse():
 
     for name in ("tiny", "shakespeare", "big"):
         load_config(ROOT / "configs" / f"{name}.yaml")
+
+
+def test_accelerate_launch_entry_point(corpus_100k, tmp_path):
+    """DESIGN.md's command: `accelerate launch trainer/train.py --config FILE [overrides]`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = str(Path(sys.executable).parent / "accelerate")  # installed beside this Python
+    result = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "trainer/train.py",
+            "--config",
+            "configs/tiny.yaml",
+            *TINY,
+            "train.max_steps=3",
+            f"data.path={corpus_100k}",
+            f"out_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
