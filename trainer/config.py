@@ -83,7 +83,6 @@ class TrainConfig:
     log_every: int = 10  # log train loss and speed every this many steps
     mixed_precision: str = "no"  # `no` (fp32), `bf16` (CPU or GPU) or `fp16` (GPU only, loss scaling)
     max_minutes: float | None = None  # optional wall-clock budget; the run stops with a final eval and save
-    compile: bool = False  # torch.compile the model (GPU; pays off on long runs)
 
 
 @dataclass
