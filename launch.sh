@@ -53,6 +53,9 @@ train() {
   gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
   nproc=${NPROC:-$gpus}
   [[ "$nproc" =~ ^[0-9]+$ ]] || { echo "error: NPROC must be a number, got '$nproc'" >&2; exit 2; }
+  if (( gpus > 0 && nproc > gpus )); then
+    echo "error: NPROC=$nproc but this machine has $gpus GPU(s): one process per GPU at most" >&2; exit 2
+  fi
   local multi_node=()
   if [[ -n "${NNODES:-}" ]]; then
     : "${NODE_RANK:?set NODE_RANK with NNODES}" "${MASTER_ADDR:?set MASTER_ADDR with NNODES}"
