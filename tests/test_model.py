@@ -31,3 +31,19 @@ def test_dropout_masks_are_applied_between_layers_and_before_the_head():
         head_only[1] = 0  # drop every unit before the head: logits are the head bias alone
         dropped, _ = model(tokens, None, head_only)
         torch.testing.assert_close(dropped, model.head.bias.expand_as(dropped))
+
+
+def test_dropout_masks_depend_on_step_and_stream_only():
+    """A stream's mask is the same whichever process (slice of streams) draws it: N processes equal one."""
+    from trainer.config import load_config
+    from trainer.train import dropout_masks
+
+    for locked in (False, True):
+        cfg = load_config(None, ["model.hidden=16", "model.layers=2", "model.dropout=0.3", "train.seq_len=5",
+                                 f"model.locked_dropout={str(locked).lower()}"])
+        whole = dropout_masks(cfg, 7, 0, 8, torch.device("cpu"))
+        assert whole.shape == (2, 8, 1 if locked else 5, 16)
+        torch.testing.assert_close(dropout_masks(cfg, 7, 2, 5, torch.device("cpu")), whole[:, 2:5])
+        assert not torch.equal(dropout_masks(cfg, 8, 0, 8, torch.device("cpu")), whole)  # a new step, new masks
+        assert torch.allclose(whole.unique(), torch.tensor([0.0, 1 / 0.7]))
+        assert 0.6 < (whole > 0).float().mean() < 0.8

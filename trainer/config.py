@@ -62,6 +62,7 @@ class ModelConfig:
     hidden: int = 512  # LSTM hidden size H
     layers: int = 2  # stacked LSTM layers
     dropout: float = 0.25  # between LSTM layers and before the output head (training only)
+    locked_dropout: bool = False  # one mask per stream and window, shared by its T steps (AWD-LSTM style)
 
 
 @dataclass

@@ -43,7 +43,7 @@ class CharLSTM(nn.Module):
     def forward(
         self, tokens: Tensor, state: State | None = None, dropout_masks: Tensor | None = None
     ) -> tuple[Tensor, State]:
-        """tokens (B, T) int64; state (h, c) (L, B, H) or None for zeros; dropout_masks (L, B, T, H)
+        """tokens (B, T) int64; state (h, c) (L, B, H) or None for zeros; dropout_masks (L, B, T or 1, H)
         with entries 0 or 1/(1-p), one per dropout site (after each layer), or None to draw them here.
         Returns logits (B, T, V) and the state after the last character."""
         x = self.embed(tokens)  # (B, T, E)

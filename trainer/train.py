@@ -60,12 +60,13 @@ def stream_seed(seed: int, step: int, stream: int) -> int:
 
 
 def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.device) -> torch.Tensor | None:
-    """Keep-masks (L, b, T, H) scaled by 1/(1-p) for streams [first, last), drawn from a generator seeded
+    """Keep-masks (L, b, T, H) (T = 1 with locked dropout: the same mask at every step of the window)
+    scaled by 1/(1-p) for streams [first, last), drawn from a generator seeded
     by (seed, step, stream): independent of the process count and of anything that happened before."""
     p = cfg.model.dropout
     if p == 0.0:
         return None
-    shape = (cfg.model.layers, cfg.train.seq_len, cfg.model.hidden)
+    shape = (cfg.model.layers, 1 if cfg.model.locked_dropout else cfg.train.seq_len, cfg.model.hidden)
     noise = torch.empty((last - first, *shape), device=device)
     generator = torch.Generator(device=device)
     for i, stream in enumerate(range(first, last)):
