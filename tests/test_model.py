@@ -39,8 +39,16 @@ def test_dropout_masks_depend_on_step_and_stream_only():
     from trainer.train import dropout_masks
 
     for locked in (False, True):
-        cfg = load_config(None, ["model.hidden=16", "model.layers=2", "model.dropout=0.3", "train.seq_len=5",
-                                 f"model.locked_dropout={str(locked).lower()}"])
+        cfg = load_config(
+            None,
+            [
+                "model.hidden=16",
+                "model.layers=2",
+                "model.dropout=0.3",
+                "train.seq_len=5",
+                f"model.locked_dropout={str(locked).lower()}",
+            ],
+        )
         whole = dropout_masks(cfg, 7, 0, 8, torch.device("cpu"))
         assert whole.shape == (2, 8, 1 if locked else 5, 16)
         torch.testing.assert_close(dropout_masks(cfg, 7, 2, 5, torch.device("cpu")), whole[:, 2:5])
