@@ -158,21 +158,6 @@ def test_non_finite_steps_are_skipped_then_stop(corpus_100k, tmp_path, monkeypat
     assert len([e for e in skipped if "skipped" in e]) == 10
 
 
-def test_python_trainer_script_entry_point(corpus_100k, tmp_path):
-    """`python trainer/train.py` works as a script (what accelerate launch runs)."""
-    result = run_cli(
-        "trainer/train.py",
-        "--config",
-        "configs/tiny.yaml",
-        *TINY,
-        "train.max_steps=3",
-        f"data.path={corpus_100k}",
-        f"out_dir={tmp_path}",
-    )
-    assert result.returncode == 0, result.stderr
-    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
-
-
 @pytest.mark.parametrize(
     ("setup", "overrides", "message"),
     [
@@ -250,38 +235,36 @@ def test_configs_parse():
         load_config(ROOT / "configs" / f"{name}.yaml")
 
 
-def test_accelerate_launch_entry_point(corpus_100k, tmp_path):
-    """DESIGN.md's command: `accelerate launch trainer/train.py --config FILE [overrides]`."""
+@pytest.mark.parametrize("launcher", ["python", "accelerate launch"])
+def test_script_entry_points(launcher, corpus_100k, tmp_path):
+    """`python trainer/train.py ...` and DESIGN.md's `accelerate launch trainer/train.py --config FILE ...`."""
     import subprocess
     import sys
     from pathlib import Path
 
-    accelerate = str(Path(sys.executable).parent / "accelerate")  # installed beside this Python
-    result = subprocess.run(
-        [
-            accelerate,
-            "launch",
-            "--cpu",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "trainer/train.py",
-            "--config",
-            "configs/tiny.yaml",
-            *TINY,
-            "train.max_steps=3",
-            f"data.path={corpus_100k}",
-            f"out_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    accelerate = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    prefix = [sys.executable] if launcher == "python" else accelerate
+    args = [
+        "trainer/train.py",
+        "--config",
+        "configs/tiny.yaml",
+        *TINY,
+        "train.max_steps=3",
+        f"data.path={corpus_100k}",
+        f"out_dir={tmp_path}",
+    ]
+    result = subprocess.run([*prefix, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
