@@ -100,13 +100,11 @@ class Sampler:
             )
         return np.array([self.index[ch] for ch in text if ch in self.index], dtype=np.int64)
 
-    def decode(self, ids) -> str:
-        return "".join(self.vocab[i] for i in ids)
-
     # ------------------------------------------------------------ the step loop
 
-    def _runner(self, batch: int):
-        """A closure advancing `batch` sequences by one character: run(tokens (batch,)) -> logits view."""
+    def runner(self, batch: int):
+        """A closure advancing `batch` sequences by one character from the zero state:
+        run(tokens (batch,)) -> logits (batch, V), a view reused by the next call."""
         session, shape = self.session, (self.layers, batch, self.hidden)
         token = np.zeros(batch, dtype=np.int64)
         logits = np.zeros((batch, len(self.vocab)), dtype=np.float32)
@@ -158,7 +156,7 @@ class Sampler:
         return self._steps(prime_ids, length, top_k, temperature, top_p, seed, num_samples)
 
     def _steps(self, prime_ids, length, top_k, temperature, top_p, seed, num_samples) -> Iterator[str | list[str]]:
-        run = self._runner(num_samples)
+        run = self.runner(num_samples)
         rng = np.random.default_rng(seed)
         for token in prime_ids:
             logits = run(np.full(num_samples, token, dtype=np.int64))

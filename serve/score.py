@@ -42,7 +42,7 @@ def score(
     batch = min(batch, len(ids) - 1)
     stream_len = (len(ids) - 1) // batch
     starts = np.arange(batch) * stream_len
-    run = sampler._runner(batch)
+    run = sampler.runner(batch)
     rows = np.arange(batch)
     total = 0.0
     clock = time.monotonic()

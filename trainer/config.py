@@ -99,8 +99,6 @@ class Config:
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return value if it fits the annotation (ints are accepted for floats), else raise ConfigError."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing) | {"types": types})  # noqa: S307 (our own annotations)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -133,16 +131,16 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 def _fill(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping")
-    fields = {f.name: f for f in dataclasses.fields(obj)}
+    types_of = typing.get_type_hints(type(obj))  # the field annotations, resolved (they are strings here)
     for name, value in values.items():
         key = f"{prefix}{name}"
-        if name not in fields:
-            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(prefix + f for f in fields)})")
+        if name not in types_of:
+            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(prefix + f for f in types_of)})")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             _fill(current, value, key + ".")
         else:
-            setattr(obj, name, _check_type(key, value, fields[name].type))
+            setattr(obj, name, _check_type(key, value, types_of[name]))
 
 
 def validate(cfg: Config) -> None:
