@@ -44,3 +44,12 @@ def table(rows: list[tuple], headers: tuple) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def report(title: str, speeds: dict[str, list[float]], reference: str) -> None:
+    """Medians, ratios against `reference` (the first column of the README's tables), and a JSON line."""
+    base = median(speeds[reference])
+    rows = [(name, f"{median(v):,.0f}", f"{median(v) / base:.2f}x") for name, v in speeds.items()]
+    print(f"\n{title}, on {machine()}")
+    print(table(rows, ("contender", "chars/s (median)", "vs seed")))
+    print(json.dumps({k: median(v) for k, v in speeds.items()}))

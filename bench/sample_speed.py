@@ -9,11 +9,10 @@ Each contender runs in a fresh process, in alternating rounds; medians over roun
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from common import CORPUS, ROOT, machine, median, run_json, table
+from common import CORPUS, ROOT, median, report, run_json
 
 
 def make_models(folder: Path) -> tuple[Path, Path]:
@@ -79,11 +78,7 @@ def main() -> None:
             for name, measure in contenders.items():
                 speeds[name].append(measure())
             print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{median(v):,.0f}" for v in speeds.values()))
-    seed = median(speeds["seed (PyTorch, 1 forward/char)"])
-    rows = [(name, f"{median(v):,.0f}", f"{median(v) / seed:.1f}x") for name, v in speeds.items()]
-    print(f"\nSampling chars/s (all samples together), 2x512, top-k 5, on {machine()}")
-    print(table(rows, ("contender", "chars/s (median)", "vs seed")))
-    print(json.dumps({k: median(v) for k, v in speeds.items()}))
+    report("Sampling chars/s (all samples together), 2x512, top-k 5", speeds, "seed (PyTorch, 1 forward/char)")
 
 
 if __name__ == "__main__":

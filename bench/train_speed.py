@@ -10,10 +10,9 @@ a fresh process, in alternating rounds; the figure is the median over the measur
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 
-from common import CORPUS, machine, median, run_json, table
+from common import CORPUS, median, report, run_json
 
 WARMUP = 2
 OURS = [
@@ -58,11 +57,7 @@ def main() -> None:
         speeds["charlstm fp32"] += ours(args.steps + WARMUP, "no")[WARMUP:]
         speeds["charlstm bf16"] += ours(args.steps + WARMUP, "bf16")[WARMUP:]
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{k} {median(v):,.0f}" for k, v in speeds.items()))
-    seed = median(speeds["seed (one-hot, fp32)"])
-    rows = [(name, f"{median(v):,.0f}", f"{median(v) / seed:.2f}x") for name, v in speeds.items()]
-    print(f"\nTraining chars/s, 2x512, batch 128 x 100, on {machine()}")
-    print(table(rows, ("contender", "chars/s (median)", "vs seed")))
-    print(json.dumps({k: median(v) for k, v in speeds.items()}))
+    report("Training chars/s, 2x512, batch 128 x 100", speeds, "seed (one-hot, fp32)")
 
 
 if __name__ == "__main__":
