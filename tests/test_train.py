@@ -268,3 +268,10 @@ def test_script_entry_points(launcher, corpus_100k, tmp_path):
     result = subprocess.run([*prefix, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
+
+
+def test_unwritable_out_dir_is_one_line(corpus_100k, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    assert run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path / 'a_file' / 'run'}") == 2
+    assert "cannot be written" in one_line_error(capsys.readouterr().err)
+    assert (tmp_path / "a_file").read_text() == "not a folder"

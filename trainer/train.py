@@ -234,10 +234,13 @@ def train(cfg: Config) -> int:
 
     metrics_path = out_dir / "metrics.jsonl"
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".*.pt.*.tmp"):  # a save cut short by kill -9; the .pt beside it is whole
-            stale.unlink(missing_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for stale in out_dir.glob(".*.pt.*.tmp"):  # a save cut short by kill -9; the .pt beside it is whole
+                stale.unlink(missing_ok=True)
+            save_config(cfg, out_dir / "config.yaml")
+        except OSError as e:
+            raise UserError(f"out_dir {str(out_dir)!r} cannot be written: {e.strerror or e}") from None
 
     def log(event: dict) -> None:
         if main:
@@ -254,20 +257,21 @@ def train(cfg: Config) -> int:
             return
         if not all(torch.isfinite(p).all() for p in bare.parameters()):
             raise TrainingError("the weights are not finite; refusing to write a checkpoint")
-        save_checkpoint(
-            path,
-            {
-                "model": bare.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "vocab": corpus.vocab,
-                "config": cfg.to_dict(),
-                "step": step,
-                "val_loss": val_loss,
-                "best_val_loss": best_val,
-                "corpus_sha256": corpus.sha256,
-                "streams": {"h": state_h, "c": state_c},
-            },
-        )
+        payload = {
+            "model": bare.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "vocab": corpus.vocab,
+            "config": cfg.to_dict(),
+            "step": step,
+            "val_loss": val_loss,
+            "best_val_loss": best_val,
+            "corpus_sha256": corpus.sha256,
+            "streams": {"h": state_h, "c": state_c},
+        }
+        try:
+            save_checkpoint(path, payload)
+        except OSError as e:  # disk full, folder removed...: the previous file is still whole
+            raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
     def run_eval() -> float:
         nonlocal best_val
