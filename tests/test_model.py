@@ -55,3 +55,31 @@ def test_dropout_masks_depend_on_step_and_stream_only():
         assert not torch.equal(dropout_masks(cfg, 8, 0, 8, torch.device("cpu")), whole)  # a new step, new masks
         assert torch.allclose(whole.unique(), torch.tensor([0.0, 1 / 0.7]))
         assert 0.6 < (whole > 0).float().mean() < 0.8
+
+
+def test_weight_drop_masks_the_recurrent_matrices_in_training_only():
+    torch.manual_seed(0)
+    model = CharLSTM(vocab_size=10, embed=4, hidden=8, layers=2, dropout=0.0, weight_drop=0.5)
+    tokens = torch.randint(0, 10, (3, 6))
+    with torch.no_grad():
+        plain, _ = model.eval()(tokens)
+        kept, _ = model.train()(tokens, None, None, torch.ones(2, 32, 8))
+        torch.testing.assert_close(kept, plain)  # all-ones masks: W_hh as is
+        no_recurrence = torch.zeros(2, 32, 8)
+        dropped, _ = model(tokens, None, None, no_recurrence)
+        for lstm in model.lstms:
+            lstm.weight_hh_l0.zero_()
+        torch.testing.assert_close(dropped, model.eval()(tokens)[0])
+
+
+def test_weight_drop_masks_depend_on_the_step_only():
+    from trainer.config import load_config
+    from trainer.train import weight_masks
+
+    cfg = load_config(None, ["model.hidden=16", "model.layers=2", "model.weight_drop=0.25"])
+    masks = weight_masks(cfg, 7, torch.device("cpu"))
+    assert masks.shape == (2, 64, 16)
+    assert torch.equal(weight_masks(cfg, 7, torch.device("cpu")), masks)
+    assert not torch.equal(weight_masks(cfg, 8, torch.device("cpu")), masks)
+    assert torch.allclose(masks.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert weight_masks(load_config(None, []), 7, torch.device("cpu")) is None  # off by default

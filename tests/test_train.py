@@ -18,8 +18,10 @@ def assert_same_training_state(a, b, exact=True):
     """Weights, optimizer moments and carried stream state of two checkpoints."""
     assert a["step"] == b["step"]
     check = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=1e-5, atol=1e-5))
-    for key in a["model"]:
-        assert check(a["model"][key], b["model"][key]), key
+    assert ("train_weights" in a) == ("train_weights" in b)
+    for weights in ("model", "train_weights") if "train_weights" in a else ("model",):
+        for key in a[weights]:
+            assert check(a[weights][key], b[weights][key]), (weights, key)
     for index, moments in a["optimizer"]["state"].items():
         for key in ("exp_avg", "exp_avg_sq"):
             assert check(moments[key], b["optimizer"]["state"][index][key]), (index, key)
@@ -92,11 +94,15 @@ def stop_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(train_module, "StopFlags", StopLater)
 
 
-def test_resume_is_bitwise_equal(corpus_100k, tmp_path, monkeypatch):
-    """One process, CPU, fp32, dropout on: stopped after 17 steps, rerun to 30 == 30 uninterrupted."""
+@pytest.mark.parametrize(
+    "regularizers", [["model.dropout=0.3"], ["model.dropout=0.2", "model.weight_drop=0.3", "train.ema_decay=0.95"]]
+)
+def test_resume_is_bitwise_equal(corpus_100k, tmp_path, monkeypatch, regularizers):
+    """One process, CPU, fp32, dropout on: stopped after 17 steps, rerun to 30 == 30 uninterrupted; also
+    with weight drop and the weight average."""
     common = [
         f"data.path={corpus_100k}",
-        "model.dropout=0.3",
+        *regularizers,
         "train.max_steps=30",
         "train.save_every=10",
         "train.eval_every=10",
@@ -113,6 +119,28 @@ def test_resume_is_bitwise_equal(corpus_100k, tmp_path, monkeypatch):
     resumed = load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
     assert_same_training_state(straight, resumed, exact=True)
     assert straight["val_loss"] == resumed["val_loss"]
+
+
+def test_weight_average_is_what_gets_evaluated_and_saved(corpus_100k, tmp_path):
+    """train.ema_decay: after one step the average is 0.1 init + 0.9 weights (the decay ramps up from 0.1);
+    "model" holds the average, "train_weights" what Adam updated, and val_loss is the average's loss."""
+    from trainer.config import load_config
+    from trainer.model import build_model
+
+    overrides = [f"data.path={corpus_100k}", "train.ema_decay=0.99", "train.max_steps=1", "train.eval_every=1"]
+    assert run_train(*overrides, f"out_dir={tmp_path / 'averaged'}") == 0
+    assert run_train(*overrides, "train.ema_decay=0", f"out_dir={tmp_path / 'plain'}") == 0
+    averaged = load_checkpoint(tmp_path / "averaged" / "ckpt.pt")
+    plain = load_checkpoint(tmp_path / "plain" / "ckpt.pt")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*TINY, *overrides])
+    torch.manual_seed(cfg.train.seed)
+    init = build_model(len(averaged["vocab"]), cfg.model).state_dict()
+    for key, weight in averaged["train_weights"].items():
+        assert torch.equal(weight, plain["model"][key]), key  # the average does not touch training
+        torch.testing.assert_close(averaged["model"][key], 0.1 * init[key] + 0.9 * weight, rtol=1e-6, atol=1e-7)
+    assert averaged["val_loss"] != plain["val_loss"]
+    best = load_checkpoint(tmp_path / "averaged" / "best.pt")
+    assert best["model"]["head.bias"].equal(averaged["model"]["head.bias"])
 
 
 def test_grad_accum_equals_the_unsplit_step(corpus_100k, tmp_path):

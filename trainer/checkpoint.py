@@ -4,8 +4,10 @@ A checkpoint is one file that `torch.load(path, weights_only=True)` reads, writt
 file, fsync, rename, fsync of the folder), so a kill at any moment leaves the previous file or the new
 one, never a torn one. Keys (DESIGN.md): model, vocab, config, step, val_loss; for exact resume also
 optimizer, best_val_loss, corpus_sha256 and streams (the carried (h, c) of all B global streams,
-(B, L, H) each). No RNG state is needed: after the seeded init the only randomness is dropout, keyed by
-(seed, step, stream), and the learning rate is a pure function of the step.
+(B, L, H) each). With train.ema_decay, `model` is the weight average (what val_loss measures and export
+reads) and `train_weights` the weights Adam updates. No RNG state is needed: after the seeded init the
+only randomness is dropout, keyed by (seed, step, stream), and the learning rate is a pure function of
+the step.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ class ModelConfig:
     layers: int = 2  # stacked LSTM layers
     dropout: float = 0.25  # between LSTM layers and before the output head (training only)
     locked_dropout: bool = False  # one mask per stream and window, shared by its T steps (AWD-LSTM style)
+    weight_drop: float = 0.0  # DropConnect on the recurrent matrices W_hh, one mask per step (AWD-LSTM)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TrainConfig:
     decay_steps: int | None = None  # cosine horizon; None = max_steps (set it to extend a run on the same schedule)
     grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
     grad_accum: int = 1  # split each process's streams into this many micro-batches per step
+    ema_decay: float = 0.0  # 0 = off; else evaluate, keep best and export an average of the weights
     seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
     eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
     save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
@@ -171,8 +173,13 @@ def validate(cfg: Config) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
+    for key, value in [
+        ("model.dropout", cfg.model.dropout),
+        ("model.weight_drop", cfg.model.weight_drop),
+        ("train.ema_decay", cfg.train.ema_decay),
+    ]:
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"config key {key!r} must be in [0, 1), got {value}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
     if not 0.0 < cfg.train.beta2 < 1.0:

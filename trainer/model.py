@@ -12,17 +12,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 State = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
 
 
 class CharLSTM(nn.Module):
-    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float):
+    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float, weight_drop: float = 0.0):
         super().__init__()
         self.vocab_size = vocab_size
         self.hidden = hidden
         self.layers = layers
         self.dropout = dropout
+        self.weight_drop = weight_drop
         self.embed = nn.Embedding(vocab_size, embed)
         # One single-layer nn.LSTM per layer (not one nn.LSTM(num_layers=L)) so that the dropout between
         # layers takes masks from the caller: the trainer keys them by step and stream, which makes
@@ -41,10 +43,15 @@ class CharLSTM(nn.Module):
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
     def forward(
-        self, tokens: Tensor, state: State | None = None, dropout_masks: Tensor | None = None
+        self,
+        tokens: Tensor,
+        state: State | None = None,
+        dropout_masks: Tensor | None = None,
+        weight_masks: Tensor | None = None,
     ) -> tuple[Tensor, State]:
         """tokens (B, T) int64; state (h, c) (L, B, H) or None for zeros; dropout_masks (L, B, T or 1, H)
-        with entries 0 or 1/(1-p), one per dropout site (after each layer), or None to draw them here.
+        with entries 0 or 1/(1-p), one per dropout site (after each layer), or None to draw them here;
+        weight_masks (L, 4H, H), the same for the recurrent matrices (weight drop), or None to draw them.
         Returns logits (B, T, V) and the state after the last character."""
         x = self.embed(tokens)  # (B, T, E)
         hs, cs = [], []
@@ -52,7 +59,14 @@ class CharLSTM(nn.Module):
             layer_state = (
                 None if state is None else (state[0][i : i + 1].contiguous(), state[1][i : i + 1].contiguous())
             )
-            x, (h, c) = lstm(x, layer_state)  # x (B, T, H); h, c (1, B, H)
+            if self.training and self.weight_drop > 0.0:
+                # DropConnect on W_hh (AWD-LSTM): one mask for every step of the window and every stream, so
+                # the fused LSTM kernel still runs; at inference W_hh is used as is (the masks are inverted).
+                w_hh = lstm.weight_hh_l0
+                dropped = w_hh * weight_masks[i] if weight_masks is not None else F.dropout(w_hh, self.weight_drop)
+                x, (h, c) = functional_call(lstm, {"weight_hh_l0": dropped}, (x, layer_state))
+            else:
+                x, (h, c) = lstm(x, layer_state)  # x (B, T, H); h, c (1, B, H)
             x = self._dropout(x, dropout_masks, i)
             hs.append(h)
             cs.append(c)
@@ -98,5 +112,6 @@ class CharLSTM(nn.Module):
 
 
 def build_model(vocab_size: int, model_cfg) -> CharLSTM:
-    """The model described by a ModelConfig (or any object with embed, hidden, layers, dropout)."""
-    return CharLSTM(vocab_size, model_cfg.embed, model_cfg.hidden, model_cfg.layers, model_cfg.dropout)
+    """The model a ModelConfig describes."""
+    c = model_cfg
+    return CharLSTM(vocab_size, c.embed, c.hidden, c.layers, c.dropout, c.weight_drop)

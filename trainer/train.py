@@ -75,6 +75,19 @@ def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.d
     return ((noise >= p) * (1.0 / (1.0 - p))).transpose(0, 1)  # (L, b, T, H)
 
 
+def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor | None:
+    """Keep-masks (L, 4H, H) for the recurrent matrices (weight drop), scaled by 1/(1-p); keyed by (seed, step)
+    only, so every process and every micro-batch of a step drops the same weights."""
+    p = cfg.model.weight_drop
+    if p == 0.0:
+        return None
+    hidden = cfg.model.hidden
+    generator = torch.Generator(device=device)
+    generator.manual_seed(stream_seed(cfg.train.seed, step, -1))  # stream -1: no stream draws this key
+    noise = torch.empty((cfg.model.layers, 4 * hidden, hidden), device=device).uniform_(generator=generator)
+    return (noise >= p) * (1.0 / (1.0 - p))
+
+
 def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
     others = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
@@ -214,8 +227,16 @@ def train(cfg: Config) -> int:
 
     torch.manual_seed(t.seed)
     model = build_model(len(corpus.vocab), cfg.model)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None:  # with train.ema_decay, "model" is the average and "train_weights" what Adam updates
+        model.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
+    # Weight averaging: an exponential moving average of the weights, updated after every step, is what gets
+    # evaluated, kept as best.pt and exported; it generalizes better than the last iterate.
+    averaged: CharLSTM | None = None
+    if t.ema_decay > 0:
+        averaged = build_model(len(corpus.vocab), cfg.model)
+        resumed_average = ckpt is not None and "train_weights" in ckpt
+        averaged.load_state_dict(ckpt["model"] if resumed_average else model.state_dict())
+        averaged.to(device).eval().requires_grad_(False)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     if ckpt is not None:
@@ -258,7 +279,7 @@ def train(cfg: Config) -> int:
         if not all(torch.isfinite(p).all() for p in bare.parameters()):
             raise TrainingError("the weights are not finite; refusing to write a checkpoint")
         payload = {
-            "model": bare.state_dict(),
+            "model": (averaged or bare).state_dict(),  # the weights val_loss measures
             "optimizer": optimizer.state_dict(),
             "vocab": corpus.vocab,
             "config": cfg.to_dict(),
@@ -268,6 +289,8 @@ def train(cfg: Config) -> int:
             "corpus_sha256": corpus.sha256,
             "streams": {"h": state_h, "c": state_c},
         }
+        if averaged is not None:
+            payload["train_weights"] = bare.state_dict()
         try:
             save_checkpoint(path, payload)
         except OSError as e:  # disk full, folder removed...: the previous file is still whole
@@ -275,7 +298,7 @@ def train(cfg: Config) -> int:
 
     def run_eval() -> float:
         nonlocal best_val
-        val = evaluate(bare, evals, first, last, accelerator)
+        val = evaluate(averaged or bare, evals, first, last, accelerator)
         log({"step": step, "val_loss": val, "val_bpc": val / LN2})
         if val < best_val:
             best_val = val
@@ -313,6 +336,7 @@ def train(cfg: Config) -> int:
             x, y = streams.window(step, first, last)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             masks = dropout_masks(cfg, step, first, last, device)
+            w_masks = weight_masks(cfg, step, device)
 
             step_loss = torch.zeros((), device=device)
             new_h, new_c = [], []
@@ -321,7 +345,7 @@ def train(cfg: Config) -> int:
                 sync = k == t.grad_accum - 1
                 with nullcontext() if sync else accelerator.no_sync(model):
                     logits, (hk, ck) = model(
-                        x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part]
+                        x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part], w_masks
                     )
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
                     accelerator.backward(loss / t.grad_accum)
@@ -363,6 +387,12 @@ def train(cfg: Config) -> int:
                 optimizer.step()
                 if optimizer.step_was_skipped:  # fp16 only: the gradients overflowed, the scaler lowered the scale
                     log({"step": step, "skipped": "fp16 gradient overflow; loss scale lowered"})
+                if averaged is not None:
+                    # the decay ramps up from 0.1 so that the average soon forgets the random init
+                    decay = min(t.ema_decay, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for average, weight in zip(averaged.parameters(), bare.parameters()):
+                            average.lerp_(weight, 1.0 - decay)
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum += step_loss
                 loss_count += 1
