@@ -57,10 +57,16 @@ class ExportCell(nn.Module):
 
 
 def model_from_checkpoint(ckpt: dict, path: Path) -> CharLSTM:
+    # Only the model section matters here: a checkpoint from another charlstm version, whose training keys
+    # have since been added or dropped, still exports. A model key this version does not know is an error:
+    # it could change the network.
+    model_section = ckpt["config"].get("model")
+    if not isinstance(model_section, dict):
+        raise UserError(f"{path}: the checkpoint's config has no model section")
     try:
-        cfg = from_dict(ckpt["config"])
+        cfg = from_dict({"model": model_section})
     except ConfigError as e:
-        raise UserError(f"{path}: the checkpoint's config is not valid ({e})") from None
+        raise UserError(f"{path}: the checkpoint's model config is not one this charlstm can build ({e})") from None
     model = build_model(len(ckpt["vocab"]), cfg.model)
     try:
         model.load_state_dict(ckpt["model"])
@@ -127,7 +133,7 @@ def reference_text(ckpt: dict, model: CharLSTM, eval_text: str | None, min_chars
         try:
             corpus = load_corpus(spec)
             if corpus.sha256 == ckpt.get("corpus_sha256") and corpus.vocab == ckpt["vocab"]:
-                _, val = split(corpus.ids, ckpt["config"]["data"]["val_fraction"])
+                _, val = split(corpus.ids, ckpt["config"]["data"].get("val_fraction", 0.1))
                 if len(val) >= min_chars:  # the checks read at most the first 100k characters of it
                     return corpus.decode(np.asarray(val[:100_000])), f"the validation split of {spec}"
         except UserError:

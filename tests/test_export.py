@@ -138,6 +138,16 @@ def test_reads_a_bf16_checkpoint(corpus_100k, tmp_path):
     assert (tmp_path / "ckpt.onnx").is_file()
 
 
+def test_exports_a_checkpoint_with_training_keys_of_another_version(tiny_run, tmp_path, corpus_100k):
+    """Training keys come and go between versions; the model section alone decides the network."""
+    ckpt = load_checkpoint(tiny_run / "ckpt.pt")
+    ckpt["config"]["train"]["compile"] = True  # a key an older version had
+    del ckpt["config"]["train"]["ema_decay"]  # a key it did not have yet
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert export_main([str(tmp_path / "old.pt"), "--eval-text", str(corpus_100k)]) == 0
+    assert (tmp_path / "old.onnx").is_file()
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, (f"touch {MARKER}",))
@@ -161,6 +171,13 @@ def test_bad_checkpoints(tmp_path, tiny_run, capsys):
     ckpt["model"] = {k: v[..., :3] if v.dim() else v for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "shapes.pt")
     cases["shapes.pt"] = "the weights do not fit the checkpoint's config"
+    ckpt = load_checkpoint(tiny_run / "ckpt.pt")
+    ckpt["config"]["model"]["attention_heads"] = 4  # a model option this version cannot build
+    torch.save(ckpt, tmp_path / "future.pt")
+    cases["future.pt"] = "model config is not one this charlstm can build (unknown config key 'model.attention_heads'"
+    ckpt["config"].pop("model")
+    torch.save(ckpt, tmp_path / "no_model_config.pt")
+    cases["no_model_config.pt"] = "the checkpoint's config has no model section"
     cases["missing.pt"] = "does not exist"
     if os.path.exists(MARKER):
         os.remove(MARKER)
