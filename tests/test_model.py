@@ -83,3 +83,25 @@ def test_weight_drop_masks_depend_on_the_step_only():
     assert not torch.equal(weight_masks(cfg, 8, torch.device("cpu")), masks)
     assert torch.allclose(masks.unique(), torch.tensor([0.0, 1 / 0.75]))
     assert weight_masks(load_config(None, []), 7, torch.device("cpu")) is None  # off by default
+
+
+def test_lstms_outside_autocast_run_in_fp32():
+    """The trainer's guard for bf16 on GPUs (where autocast would run cuDNN LSTMs in fp16), checked on the CPU:
+    under bf16 autocast the patched layers give exactly the fp32 state, the unpatched ones do not."""
+    from trainer.train import lstms_outside_autocast
+
+    torch.manual_seed(0)
+    model = CharLSTM(vocab_size=10, embed=8, hidden=32, layers=2, dropout=0.0).eval()
+    tokens = torch.randint(0, 10, (3, 20))
+    with torch.no_grad():
+        _, (h_fp32, c_fp32) = model(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, (h_bf16, _) = model(tokens)
+        lstms_outside_autocast(model, "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, (h, c) = model(tokens)
+    assert not torch.equal(h_bf16.float(), h_fp32)  # autocast does change the LSTM's precision
+    assert h.dtype == c.dtype == torch.float32
+    assert torch.equal(h, h_fp32) and torch.equal(c, c_fp32)
+    assert logits.dtype == torch.bfloat16  # the head still runs in the autocast dtype
+    assert set(model.state_dict()) == set(CharLSTM(10, 8, 32, 2, 0.0).state_dict())

@@ -88,6 +88,23 @@ def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor |
     return (noise >= p) * (1.0 / (1.0 - p))
 
 
+def lstms_outside_autocast(model: CharLSTM, device_type: str) -> None:
+    """Run the model's nn.LSTM layers in fp32 inside an autocast region; the rest (head, loss) keeps its precision.
+
+    Why, for bf16 on a GPU: PyTorch's autocast wrapper for cuDNN RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp)
+    casts them to fp16 whatever dtype autocast was given, so `bf16` would run the LSTM in fp16 with no loss
+    scaling, where small gradients underflow to zero. In fp32 cuDNN uses TF32 tensor cores (Ampere and later)
+    while torch.backends.cudnn.allow_tf32 is on, its default. The weights are untouched: only how each layer's
+    forward is called changes, so state_dict keys, DDP and weight drop (functional_call) are as before."""
+    for lstm in model.lstms:
+
+        def fp32_forward(x, state=None, _forward=lstm.forward):
+            with torch.autocast(device_type, enabled=False):
+                return _forward(x.float(), None if state is None else (state[0].float(), state[1].float()))
+
+        lstm.forward = fp32_forward
+
+
 def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
     others = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
@@ -237,6 +254,9 @@ def train(cfg: Config) -> int:
         resumed_average = ckpt is not None and "train_weights" in ckpt
         averaged.load_state_dict(ckpt["model"] if resumed_average else model.state_dict())
         averaged.to(device).eval().requires_grad_(False)
+    if device.type == "cuda" and t.mixed_precision == "bf16":
+        for module in (model, averaged) if averaged is not None else (model,):
+            lstms_outside_autocast(module, device.type)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     if ckpt is not None:
