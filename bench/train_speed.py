@@ -1,4 +1,4 @@
-"""Training chars/s: our trainer (fp32 and bf16) against the seed's method, side by side.
+"""Training chars/s: our trainer (fp32, bf16, bf16 with locked dropout) against the seed's method, side by side.
 
 2 x 512 LSTM, batch 128 x sequence 100, dropout 0.5, clip 5, on Tiny Shakespeare. Each contender runs in
 a fresh process, in alternating rounds; the figure is the median over the measured steps of all rounds
@@ -32,12 +32,12 @@ OURS = [
 ]
 
 
-def ours(steps: int, precision: str) -> list[float]:
+def ours(steps: int, precision: str, *extra: str) -> list[float]:
     with tempfile.TemporaryDirectory() as out:
         code = (
             "import sys, json; from trainer.train import main; "
             f"main(['--config', 'configs/tiny.yaml', 'data.path={CORPUS}', 'out_dir={out}', "
-            f"'train.max_steps={steps}', 'train.mixed_precision={precision}', *{OURS!r}]); "
+            f"'train.max_steps={steps}', 'train.mixed_precision={precision}', *{[*OURS, *extra]!r}]); "
             f"print(json.dumps([json.loads(l)['chars_per_s'] for l in open('{out}/metrics.jsonl') "
             "if 'chars_per_s' in l]))"
         )
@@ -49,13 +49,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8, help="measured steps per run (after 2 warm-up steps)")
     args = parser.parse_args()
-    speeds: dict[str, list[float]] = {"seed (one-hot, fp32)": [], "charlstm fp32": [], "charlstm bf16": []}
+    speeds: dict[str, list[float]] = {
+        "seed (one-hot, fp32)": [],
+        "charlstm fp32": [],
+        "charlstm bf16": [],
+        "charlstm bf16, locked dropout": [],
+    }
     for round_ in range(args.rounds):
         speeds["seed (one-hot, fp32)"] += run_json(["bench/seed_charrnn.py", "train", str(args.steps + WARMUP)])[
             "chars_per_s"
         ][WARMUP:]
         speeds["charlstm fp32"] += ours(args.steps + WARMUP, "no")[WARMUP:]
         speeds["charlstm bf16"] += ours(args.steps + WARMUP, "bf16")[WARMUP:]
+        locked = ours(args.steps + WARMUP, "bf16", "model.locked_dropout=true")
+        speeds["charlstm bf16, locked dropout"] += locked[WARMUP:]
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{k} {median(v):,.0f}" for k, v in speeds.items()))
     report("Training chars/s, 2x512, batch 128 x 100", speeds, "seed (one-hot, fp32)")
 
