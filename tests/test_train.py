@@ -121,6 +121,26 @@ def test_resume_is_bitwise_equal(corpus_100k, tmp_path, monkeypatch, regularizer
     assert straight["val_loss"] == resumed["val_loss"]
 
 
+def validation_loss(ckpt, cfg) -> float:
+    """The checkpoint's `model` weights on the validation split, read the way the trainer reads it."""
+    from trainer.data import EvalStreams, load_corpus, split
+    from trainer.model import build_model
+
+    model = build_model(len(ckpt["vocab"]), cfg.model)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    _, val_ids = split(load_corpus(cfg.data.path).ids, cfg.data.val_fraction)
+    state, total, count = None, 0.0, 0
+    with torch.no_grad():
+        for x, y in EvalStreams(val_ids, cfg.train.batch_size, cfg.train.seq_len).windows(0, cfg.train.batch_size):
+            logits, state = model(torch.from_numpy(x), state)
+            total += torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), torch.from_numpy(y).flatten(), reduction="sum"
+            )
+            count += y.size
+    return float(total) / count
+
+
 def test_weight_average_is_what_gets_evaluated_and_saved(corpus_100k, tmp_path):
     """train.ema_decay: after one step the average is 0.1 init + 0.9 weights (the decay ramps up from 0.1);
     "model" holds the average, "train_weights" what Adam updated, and val_loss is the average's loss."""
@@ -139,6 +159,7 @@ def test_weight_average_is_what_gets_evaluated_and_saved(corpus_100k, tmp_path):
         assert torch.equal(weight, plain["model"][key]), key  # the average does not touch training
         torch.testing.assert_close(averaged["model"][key], 0.1 * init[key] + 0.9 * weight, rtol=1e-6, atol=1e-7)
     assert averaged["val_loss"] != plain["val_loss"]
+    assert validation_loss(averaged, cfg) == pytest.approx(averaged["val_loss"], rel=1e-6)
     best = load_checkpoint(tmp_path / "averaged" / "best.pt")
     assert best["model"]["head.bias"].equal(averaged["model"]["head.bias"])
 
