@@ -26,6 +26,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
         ("model.dropout=1.5", "'model.dropout' must be in"),
         ("model.weight_drop=1", "'model.weight_drop' must be in"),
         ("train.ema_decay=-0.5", "'train.ema_decay' must be in"),
+        ("train.state_reset=1.5", "'train.state_reset' must be in"),
         ("data.val_fraction=0", "'data.val_fraction' must be in"),
         ("train.mixed_precision=fp8", "'train.mixed_precision' must be no, bf16 or fp16"),
         ("train=3", "config key 'train': expected a mapping"),

@@ -22,6 +22,7 @@ SCHEDULE = [
     "model.dropout=0.1",
     "model.weight_drop=0.1",  # its masks are keyed by step alone: every process drops the same weights
     "train.ema_decay=0.9",  # ckpt.pt holds the average as "model" and Adam's weights as "train_weights"
+    "train.state_reset=0.2",  # drawn per (step, stream): the same streams reset whichever process owns them
 ]
 
 

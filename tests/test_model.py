@@ -105,3 +105,15 @@ def test_lstms_outside_autocast_run_in_fp32():
     assert torch.equal(h, h_fp32) and torch.equal(c, c_fp32)
     assert logits.dtype == torch.bfloat16  # the head still runs in the autocast dtype
     assert set(model.state_dict()) == set(CharLSTM(10, 8, 32, 2, 0.0).state_dict())
+
+
+def test_state_resets_depend_on_step_and_stream_only():
+    from trainer.config import load_config
+    from trainer.train import state_resets
+
+    cfg = load_config(None, ["train.state_reset=0.25"])
+    whole = torch.stack([state_resets(cfg, step, 0, 64) for step in range(50)])  # (steps, streams)
+    assert torch.equal(state_resets(cfg, 7, 10, 30), whole[7, 10:30])  # the same whichever process draws it
+    assert 0.2 < whole.float().mean() < 0.3
+    assert not torch.equal(whole[7], whole[8])
+    assert state_resets(load_config(None, ["train.state_reset=0"]), 7, 0, 64) is None

@@ -95,11 +95,15 @@ def stop_after(monkeypatch, steps: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "regularizers", [["model.dropout=0.3"], ["model.dropout=0.2", "model.weight_drop=0.3", "train.ema_decay=0.95"]]
+    "regularizers",
+    [
+        ["model.dropout=0.3", "train.state_reset=0"],
+        ["model.dropout=0.2", "model.weight_drop=0.3", "train.ema_decay=0.95", "train.state_reset=0.2"],
+    ],
 )
 def test_resume_is_bitwise_equal(corpus_100k, tmp_path, monkeypatch, regularizers):
     """One process, CPU, fp32, dropout on: stopped after 17 steps, rerun to 30 == 30 uninterrupted; also
-    with weight drop and the weight average."""
+    with weight drop, the weight average and state resets."""
     common = [
         f"data.path={corpus_100k}",
         *regularizers,
@@ -162,6 +166,38 @@ def test_weight_average_is_what_gets_evaluated_and_saved(corpus_100k, tmp_path):
     assert validation_loss(averaged, cfg) == pytest.approx(averaged["val_loss"], rel=1e-6)
     best = load_checkpoint(tmp_path / "averaged" / "best.pt")
     assert best["model"]["head.bias"].equal(averaged["model"]["head.bias"])
+
+
+def test_state_resets_zero_the_carried_state(corpus_100k, tmp_path, monkeypatch):
+    """With every stream reset before every window, the state carried out of step 2 is what that window
+    gives from zeros with the weights of step 2; without resets it is not."""
+    import trainer.train as train_module
+    from trainer.config import load_config
+    from trainer.data import TrainStreams, load_corpus, split
+    from trainer.model import build_model
+
+    overrides = [f"data.path={corpus_100k}", "model.dropout=0", "train.eval_every=1", "train.save_every=1"]
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*TINY, *overrides])
+    train_ids, _ = split(load_corpus(cfg.data.path).ids, cfg.data.val_fraction)
+    x, _ = TrainStreams(train_ids, cfg.train.batch_size, cfg.train.seq_len).window(2, 0, cfg.train.batch_size)
+
+    def state_out_of_step_2(out) -> tuple[torch.Tensor, torch.Tensor]:
+        assert run_train(*overrides, "train.max_steps=2", f"out_dir={out}") == 0
+        weights = load_checkpoint(out / "ckpt.pt")["model"]
+        assert run_train(*overrides, "train.max_steps=3", f"out_dir={out}") == 0  # resumes: runs step 2 only
+        model = build_model(len(load_checkpoint(out / "ckpt.pt")["vocab"]), cfg.model)
+        model.load_state_dict(weights)
+        with torch.no_grad():
+            _, (h, c) = model(torch.from_numpy(x))  # from a zero state
+        streams = load_checkpoint(out / "ckpt.pt")["streams"]
+        return (streams["h"] - h.transpose(0, 1)).abs().max(), (streams["c"] - c.transpose(0, 1)).abs().max()
+
+    monkeypatch.setattr(
+        train_module, "state_resets", lambda cfg, step, first, last: torch.ones(last - first, dtype=bool)
+    )
+    assert max(state_out_of_step_2(tmp_path / "reset")) < 1e-5
+    monkeypatch.undo()
+    assert min(state_out_of_step_2(tmp_path / "carried")) > 1e-3
 
 
 def test_grad_accum_equals_the_unsplit_step(corpus_100k, tmp_path):

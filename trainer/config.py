@@ -80,6 +80,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
     grad_accum: int = 1  # split each process's streams into this many micro-batches per step
     ema_decay: float = 0.0  # 0 = off; else evaluate, keep best and export an average of the weights
+    state_reset: float = 0.01  # chance, per stream and window, of starting from a zero state as sampling does
     seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
     eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
     save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
@@ -177,6 +178,7 @@ def validate(cfg: Config) -> None:
         ("model.dropout", cfg.model.dropout),
         ("model.weight_drop", cfg.model.weight_drop),
         ("train.ema_decay", cfg.train.ema_decay),
+        ("train.state_reset", cfg.train.state_reset),
     ]:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key {key!r} must be in [0, 1), got {value}")

@@ -54,8 +54,8 @@ def lr_at(step: int, cfg: Config) -> float:
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def stream_seed(seed: int, step: int, stream: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{step}/{stream}".encode(), digest_size=8).digest()
+def stream_seed(seed: int, step: int, stream: int, purpose: str = "") -> int:
+    digest = hashlib.blake2b(f"{seed}/{step}/{stream}{purpose}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -73,6 +73,18 @@ def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.d
         generator.manual_seed(stream_seed(cfg.train.seed, step, stream))
         noise[i].uniform_(generator=generator)  # 3x cheaper than bernoulli_ on a CPU
     return ((noise >= p) * (1.0 / (1.0 - p))).transpose(0, 1)  # (L, b, T, H)
+
+
+def state_resets(cfg: Config, step: int, first: int, last: int) -> torch.Tensor | None:
+    """Which of streams [first, last) start this window from a zero state: each with probability
+    train.state_reset, keyed by (seed, step, stream) like the dropout masks. Why: sampling starts from a zero
+    state, but carried training state is zero only at epoch starts, so without these resets a model can
+    learn to handle fresh starts badly (a short prime then derails the sample)."""
+    p = cfg.train.state_reset
+    if p == 0.0:
+        return None
+    draws = [stream_seed(cfg.train.seed, step, stream, "reset") / 2**63 for stream in range(first, last)]
+    return torch.tensor(draws) < p  # (b,)
 
 
 def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor | None:
@@ -354,6 +366,9 @@ def train(cfg: Config) -> int:
                 group["lr"] = lr_at(step, cfg)
             if streams.starts_epoch(step):
                 h, c = torch.zeros_like(h), torch.zeros_like(c)
+            elif (resets := state_resets(cfg, step, first, last)) is not None and resets.any():
+                keep = (~resets).to(device=device, dtype=h.dtype)[None, :, None]  # (1, b, 1)
+                h, c = h * keep, c * keep
             x, y = streams.window(step, first, last)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             masks = dropout_masks(cfg, step, first, last, device)
