@@ -6,8 +6,8 @@ one, never a torn one. Keys (DESIGN.md): model, vocab, config, step, val_loss; f
 optimizer, best_val_loss, corpus_sha256 and streams (the carried (h, c) of all B global streams,
 (B, L, H) each). With train.ema_decay, `model` is the weight average (what val_loss measures and export
 reads) and `train_weights` the weights Adam updates. No RNG state is needed: after the seeded init the
-only randomness is dropout, keyed by (seed, step, stream), and the learning rate is a pure function of
-the step.
+only randomness is dropout, weight drop and state resets, all keyed by (seed, step, stream), and the
+learning rate is a pure function of the step.
 """
 
 from __future__ import annotations
