@@ -23,6 +23,9 @@ SCHEDULE = [
     "model.weight_drop=0.1",  # its masks are keyed by step alone: every process drops the same weights
     "train.ema_decay=0.9",  # ckpt.pt holds the average as "model" and Adam's weights as "train_weights"
     "train.state_reset=0.2",  # drawn per (step, stream): the same streams reset whichever process owns them
+    "train.input_noise=0.05",  # drawn per (step, stream) too
+    "train.activation_reg=1",  # a mean over each process's streams: DDP's gradient mean makes it the global one
+    "train.temporal_reg=1",
 ]
 
 
@@ -44,7 +47,10 @@ def launch_ok(nproc, out, *overrides):
     return load_checkpoint(out / "ckpt.pt")
 
 
-def assert_close_params(a, b, rel=1e-5):
+def assert_close_params(a, b, rel=1e-4):
+    """Equal up to the rounding of gloo's all-reduce, which Adam's division by sqrt(v) amplifies where gradients
+    are small: 3e-5 of the largest weight after these 20 steps, measured; a stream drawing another stream's
+    input noise gave 0.2."""
     for weights in ("model", "train_weights"):
         for key, value in a[weights].items():
             scale = value.abs().max().clamp_min(1e-12)
@@ -78,7 +84,7 @@ def two_processes(data, tmp_path_factory):
 def test_two_processes_compute_what_one_computes(one_process, two_processes):
     one, two = load_checkpoint(one_process / "ckpt.pt"), load_checkpoint(two_processes / "ckpt.pt")
     assert one["step"] == two["step"] == 20
-    assert_close_params(one, two, rel=1e-5)
+    assert_close_params(one, two)
     train_one, val_one = train_losses(one_process)
     train_two, val_two = train_losses(two_processes)
     assert train_two == pytest.approx(train_one, rel=1e-5)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from trainer.model import CharLSTM
@@ -117,3 +118,42 @@ def test_state_resets_depend_on_step_and_stream_only():
     assert 0.2 < whole.float().mean() < 0.3
     assert not torch.equal(whole[7], whole[8])
     assert state_resets(load_config(None, ["train.state_reset=0"]), 7, 0, 64) is None
+
+
+def test_noisy_inputs_depend_on_step_and_stream_only():
+    from trainer.config import load_config
+    from trainer.train import noisy_inputs
+
+    cfg = load_config(None, ["train.input_noise=0.2"])
+    x = torch.randint(0, 65, (64, 100))
+    original = x.clone()
+    whole = noisy_inputs(cfg, 7, 0, x, 65)
+    assert torch.equal(noisy_inputs(cfg, 7, 10, x[10:30], 65), whole[10:30])  # whichever process draws it
+    changed = (whole != x).float().mean()
+    assert 0.18 < changed < 0.2  # 20% drawn, of which 1/65 draw the character that was there
+    assert whole.min() >= 0 and whole.max() < 65 and whole.dtype == x.dtype
+    assert not torch.equal(noisy_inputs(cfg, 8, 0, x, 65), whole)
+    assert torch.equal(x, original)  # the caller's inputs are left alone
+    assert noisy_inputs(load_config(None, []), 7, 0, x, 65) is x
+
+
+def test_activation_penalty_is_ar_plus_tar():
+    from trainer.config import load_config
+    from trainer.train import activation_penalty
+
+    top = torch.tensor([[[1.0, -2.0], [3.0, 0.0], [0.0, 1.0]]])  # (b=1, T=3, H=2)
+    cfg = load_config(None, ["train.activation_reg=2", "train.temporal_reg=0.5"])
+    squares = (1 + 4 + 9 + 0 + 0 + 1) / 6
+    steps = ((3 - 1) ** 2 + (0 + 2) ** 2 + (0 - 3) ** 2 + (1 - 0) ** 2) / 4
+    assert activation_penalty(cfg, top).item() == pytest.approx(2 * squares + 0.5 * steps)
+
+
+def test_with_top_gives_the_last_layer_output_before_dropout():
+    torch.manual_seed(0)
+    model = CharLSTM(vocab_size=10, embed=4, hidden=8, layers=2, dropout=0.5).train()
+    tokens = torch.randint(0, 10, (2, 5))
+    masks = (torch.rand(2, 2, 5, 8) > 0.5) * 2.0
+    logits, _, top = model(tokens, None, masks, with_top=True)
+    torch.testing.assert_close(logits, model.head(top * masks[1]))
+    eval_logits, _, eval_top = model.eval()(tokens, with_top=True)
+    torch.testing.assert_close(eval_logits, model.head(eval_top))

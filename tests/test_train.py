@@ -99,11 +99,12 @@ def stop_after(monkeypatch, steps: int) -> None:
     [
         ["model.dropout=0.3", "train.state_reset=0"],
         ["model.dropout=0.2", "model.weight_drop=0.3", "train.ema_decay=0.95", "train.state_reset=0.2"],
+        ["train.input_noise=0.1", "train.activation_reg=1", "train.temporal_reg=1", "train.state_reset=0"],
     ],
 )
 def test_resume_is_bitwise_equal(corpus_100k, tmp_path, monkeypatch, regularizers):
     """One process, CPU, fp32, dropout on: stopped after 17 steps, rerun to 30 == 30 uninterrupted; also
-    with weight drop, the weight average and state resets."""
+    with weight drop, the weight average and state resets, and with input noise and AR/TAR."""
     common = [
         f"data.path={corpus_100k}",
         *regularizers,
@@ -360,3 +361,24 @@ def test_unwritable_out_dir_is_one_line(corpus_100k, tmp_path, capsys):
     assert run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path / 'a_file' / 'run'}") == 2
     assert "cannot be written" in one_line_error(capsys.readouterr().err)
     assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_activation_penalties_shape_training_but_not_the_reported_loss(corpus_100k, tmp_path):
+    """AR/TAR are added to what is minimized: the first step's reported loss (same weights, same window) is
+    the plain cross-entropy, and the weights after that step differ; strong AR shrinks the top activations."""
+    common = [f"data.path={corpus_100k}", "model.dropout=0", "train.max_steps=30", "train.eval_every=30"]
+    plain_cfg = ["train.activation_reg=0", "train.temporal_reg=0"]
+    assert run_train(*common, *plain_cfg, "train.log_every=1", f"out_dir={tmp_path / 'plain'}") == 0
+    penalty = ["train.activation_reg=20", "train.temporal_reg=1"]
+    assert run_train(*common, *penalty, "train.log_every=1", f"out_dir={tmp_path / 'penalized'}") == 0
+
+    def first_loss(out) -> float:
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+
+    assert first_loss(tmp_path / "plain") == first_loss(tmp_path / "penalized")
+    plain = load_checkpoint(tmp_path / "plain" / "ckpt.pt")
+    penalized = load_checkpoint(tmp_path / "penalized" / "ckpt.pt")
+    assert not torch.equal(plain["model"]["head.weight"], penalized["model"]["head.weight"])
+    top_layer = -1  # streams' h is (B, L, H)
+    plain_size = plain["streams"]["h"][:, top_layer].pow(2).mean()
+    assert penalized["streams"]["h"][:, top_layer].pow(2).mean() < 0.5 * plain_size

@@ -81,6 +81,9 @@ class TrainConfig:
     grad_accum: int = 1  # split each process's streams into this many micro-batches per step
     ema_decay: float = 0.0  # 0 = off; else evaluate, keep best and export an average of the weights
     state_reset: float = 0.01  # chance, per stream and window, of starting from a zero state as sampling does
+    activation_reg: float = 0.0  # AR (AWD-LSTM): adds this x mean(h^2) of the last layer's output to the loss
+    temporal_reg: float = 0.0  # TAR (AWD-LSTM): adds this x mean((h_t - h_{t-1})^2) of the same output
+    input_noise: float = 0.0  # chance, per input character, of replacing it by a uniformly drawn one (targets kept)
     seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
     eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
     save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
@@ -170,6 +173,8 @@ def validate(cfg: Config) -> None:
         "train.weight_decay": cfg.train.weight_decay,
         "train.grad_clip": cfg.train.grad_clip,
         "train.seed": cfg.train.seed,
+        "train.activation_reg": cfg.train.activation_reg,
+        "train.temporal_reg": cfg.train.temporal_reg,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -179,6 +184,7 @@ def validate(cfg: Config) -> None:
         ("model.weight_drop", cfg.model.weight_drop),
         ("train.ema_decay", cfg.train.ema_decay),
         ("train.state_reset", cfg.train.state_reset),
+        ("train.input_noise", cfg.train.input_noise),
     ]:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key {key!r} must be in [0, 1), got {value}")

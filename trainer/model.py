@@ -48,11 +48,13 @@ class CharLSTM(nn.Module):
         state: State | None = None,
         dropout_masks: Tensor | None = None,
         weight_masks: Tensor | None = None,
-    ) -> tuple[Tensor, State]:
+        with_top: bool = False,
+    ) -> tuple[Tensor, State] | tuple[Tensor, State, Tensor]:
         """tokens (B, T) int64; state (h, c) (L, B, H) or None for zeros; dropout_masks (L, B, T or 1, H)
         with entries 0 or 1/(1-p), one per dropout site (after each layer), or None to draw them here;
         weight_masks (L, 4H, H), the same for the recurrent matrices (weight drop), or None to draw them.
-        Returns logits (B, T, V) and the state after the last character."""
+        Returns logits (B, T, V) and the state after the last character; with_top adds the last layer's
+        output before dropout (B, T, H), which the trainer's activation penalties act on."""
         x = self.embed(tokens)  # (B, T, E)
         hs, cs = [], []
         for i, lstm in enumerate(self.lstms):
@@ -67,11 +69,13 @@ class CharLSTM(nn.Module):
                 x, (h, c) = functional_call(lstm, {"weight_hh_l0": dropped}, (x, layer_state))
             else:
                 x, (h, c) = lstm(x, layer_state)  # x (B, T, H); h, c (1, B, H)
+            top = x
             x = self._dropout(x, dropout_masks, i)
             hs.append(h)
             cs.append(c)
         logits = self.head(x)  # (B, T, V)
-        return logits, (torch.cat(hs), torch.cat(cs))
+        state = (torch.cat(hs), torch.cat(cs))
+        return (logits, state, top) if with_top else (logits, state)
 
     def _dropout(self, x: Tensor, masks: Tensor | None, site: int) -> Tensor:
         if not self.training or self.dropout == 0.0:

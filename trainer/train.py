@@ -87,6 +87,33 @@ def state_resets(cfg: Config, step: int, first: int, last: int) -> torch.Tensor 
     return torch.tensor(draws) < p  # (b,)
 
 
+def noisy_inputs(cfg: Config, step: int, first: int, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """x (b, T) for streams [first, first + b) with each character replaced, with probability train.input_noise,
+    by one drawn uniformly from the vocabulary (data noising as smoothing, Xie et al. 2017); the targets stay.
+    Keyed by (seed, step, stream) like the dropout masks. Returns x itself when the option is off."""
+    p = cfg.train.input_noise
+    if p == 0.0:
+        return x
+    hits, draws = torch.empty(x.shape), torch.empty(x.shape, dtype=torch.int64)
+    generator = torch.Generator()
+    for i in range(x.shape[0]):
+        generator.manual_seed(stream_seed(cfg.train.seed, step, first + i, "noise"))
+        hits[i].uniform_(generator=generator)
+        draws[i].random_(vocab_size, generator=generator)
+    return torch.where(hits.to(x.device) < p, draws.to(device=x.device, dtype=x.dtype), x)  # (b, T)
+
+
+def activation_penalty(cfg: Config, top: torch.Tensor) -> torch.Tensor:
+    """AR + TAR of AWD-LSTM on the last layer's output top (b, T, H) before dropout: large activations and
+    fast changes from one character to the next cost extra. A regularizer: it is added to what is
+    minimized, never to the reported loss."""
+    top = top.float()
+    penalty = cfg.train.activation_reg * top.pow(2).mean()
+    if top.shape[1] > 1:
+        penalty = penalty + cfg.train.temporal_reg * (top[:, 1:] - top[:, :-1]).pow(2).mean()
+    return penalty
+
+
 def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor | None:
     """Keep-masks (L, 4H, H) for the recurrent matrices (weight drop), scaled by 1/(1-p); keyed by (seed, step)
     only, so every process and every micro-batch of a step drops the same weights."""
@@ -353,6 +380,7 @@ def train(cfg: Config) -> int:
         )
     from tqdm import tqdm
 
+    penalized = t.activation_reg > 0 or t.temporal_reg > 0
     bar = tqdm(total=t.max_steps, initial=step, disable=not main, dynamic_ncols=True, mininterval=1.0)
     bad_steps, loss_sum, loss_count = 0, torch.zeros((), device=device), 0
     window_clock, window_start_step = time.monotonic(), step
@@ -371,6 +399,7 @@ def train(cfg: Config) -> int:
                 h, c = h * keep, c * keep
             x, y = streams.window(step, first, last)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            x = noisy_inputs(cfg, step, first, x, len(corpus.vocab))
             masks = dropout_masks(cfg, step, first, last, device)
             w_masks = weight_masks(cfg, step, device)
 
@@ -380,11 +409,16 @@ def train(cfg: Config) -> int:
                 part = slice(k * micro, (k + 1) * micro)
                 sync = k == t.grad_accum - 1
                 with nullcontext() if sync else accelerator.no_sync(model):
-                    logits, (hk, ck) = model(
-                        x[part], (h[:, part], c[:, part]), None if masks is None else masks[:, part], w_masks
+                    logits, (hk, ck), top = model(
+                        x[part],
+                        (h[:, part], c[:, part]),
+                        None if masks is None else masks[:, part],
+                        w_masks,
+                        with_top=True,
                     )
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
-                    accelerator.backward(loss / t.grad_accum)
+                    objective = loss + activation_penalty(cfg, top) if penalized else loss
+                    accelerator.backward(objective / t.grad_accum)
                 step_loss += loss.detach() / t.grad_accum
                 new_h.append(hk.detach().float())
                 new_c.append(ck.detach().float())
