@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+sys.path.insert(0, str(ROOT))
+
+from trainer.data import resolve_corpus  # noqa: E402 (after the path setup: the benchmarks run as scripts)
+
+# The benchmarks' text: Tiny Shakespeare, resolved the trainer's way (downloaded once into the user cache and
+# checked by sha256); CHARLSTM_BENCH_CORPUS names another data.path (a file, or builtin:python-stdlib).
+CORPUS = resolve_corpus(os.environ.get("CHARLSTM_BENCH_CORPUS", "tinyshakespeare"))
 
 
 def machine() -> str:

@@ -20,7 +20,7 @@ def make_models(folder: Path) -> tuple[Path, Path]:
     are the seeded initialization: speed does not depend on them."""
     code = f"""
 import torch
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import FORMAT, save_checkpoint
 from trainer.config import Config
 from trainer.model import build_model
 cfg = Config()
@@ -28,8 +28,8 @@ cfg.model.embed, cfg.model.hidden, cfg.model.layers = 64, 512, 2
 vocab = sorted(set(open({str(CORPUS)!r}, encoding='utf-8').read()))
 torch.manual_seed(0)
 model = build_model(len(vocab), cfg.model)
-save_checkpoint({str(folder / "model.pt")!r}, dict(model=model.state_dict(), vocab=vocab, config=cfg.to_dict(),
-                step=0, val_loss=None))
+save_checkpoint({str(folder / "model.pt")!r}, dict(format=FORMAT, model=model.state_dict(), vocab=vocab,
+                config=cfg.to_dict(), step=0, val_loss=None))
 print('{{}}')
 """
     run_json(["-c", code])
@@ -65,9 +65,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         fp32, int8 = make_models(Path(tmp))
         contenders = {
-            "seed (PyTorch, 1 forward/char)": lambda: run_json(["bench/seed_charrnn.py", "sample", str(args.chars)])[
-                "chars_per_s"
-            ],
+            "seed (PyTorch, 1 forward/char)": lambda: run_json(
+                ["bench/seed_charrnn.py", "sample", str(args.chars), str(CORPUS)]
+            )["chars_per_s"],
             "charlstm fp32, batch 1": lambda: ours(fp32, args.chars, 1, args.threads),
             "charlstm int8, batch 1": lambda: ours(int8, args.chars, 1, args.threads),
             "charlstm fp32, 64 samples": lambda: ours(fp32, args.chars // 4, 64, args.threads),

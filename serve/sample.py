@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serve.sampler import Sampler, SamplerError
+from serve.sampler import Sampler, SamplerError, SamplingOptions
 from serve.score import read_text
 
 
@@ -44,19 +44,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SamplerError("give --prime or --prime-file, not both")
         prime = read_text(args.prime_file) if args.prime_file else args.prime
         sampler = Sampler(args.model, device=args.device, threads=args.threads)
+        options = SamplingOptions(args.top_k, args.temperature, args.top_p, args.seed, args.num_samples, args.unknown)
         if args.num_samples == 1:
-            pieces = sampler.stream(
-                prime, args.length, args.top_k, args.temperature, args.top_p, args.seed, 1, args.unknown
-            )
+            pieces = sampler.stream(prime, args.length, options)
             sys.stdout.write(prime)  # stream() has checked the options and the prime
             for ch in pieces:
                 sys.stdout.write(ch)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            texts = sampler.generate(
-                prime, args.length, args.top_k, args.temperature, args.top_p, args.seed, args.num_samples, args.unknown
-            )
+            texts = sampler.generate(prime, args.length, options)
             for i, text in enumerate(texts):
                 sys.stdout.write(f"--- sample {i + 1}\n{prime}{text}\n")
         sys.stdout.flush()

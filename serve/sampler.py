@@ -1,9 +1,8 @@
 """Sampler: generate text from an exported charlstm .onnx on onnxruntime, GPU or CPU. No torch.
 
 The .onnx holds one step of the LSTM (token, h, c -> logits, h_out, c_out) and its vocabulary in the
-metadata, so the file alone is enough. N samples advance together, one session run per character.
-The per-character loop allocates nothing: inputs and outputs are bound once (IOBinding) to preallocated
-buffers, and two bindings alternate so h_out of one step is h of the next without a copy.
+metadata, so the file alone is enough. N samples advance together, one session run per character
+(StepLoop), and the per-character loop allocates nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,56 @@ FORMAT = "charlstm-cell/1"
 
 class SamplerError(ValueError):
     """Bad input (model file, option, prime); the CLIs print it as one line."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How characters are picked; checked by Sampler.stream before the first one."""
+
+    top_k: int | None = None  # sample among the k most likely (1 = greedy); None = all
+    temperature: float = 1.0  # logits are divided by it; 0 = greedy
+    top_p: float | None = None  # then keep the smallest set holding this much of the mass (nucleus); None = all
+    seed: int | None = None  # the same seed gives the same text; None = a fresh one
+    num_samples: int = 1  # sequences advanced together, one onnxruntime call per character
+    unknown: str = "error"  # prime characters the model lacks: `error` names them, `skip` drops them
+
+
+class StepLoop:
+    """Advances `batch` sequences by one character per call, from the zero state: run(tokens (batch,)) ->
+    logits (batch, V), a buffer that the next call overwrites. Inputs and outputs are bound once
+    (IOBinding) to preallocated buffers, and two bindings alternate, so h_out of one step is h of the next
+    without a copy; on a GPU the state never leaves it."""
+
+    def __init__(self, session: ort.InferenceSession, layers: int, hidden: int, vocab: int, batch: int, cuda: bool):
+        shape = (layers, batch, hidden)
+        self.session = session
+        self.token = np.zeros(batch, dtype=np.int64)
+        self.logits = np.zeros((batch, vocab), dtype=np.float32)
+        if cuda:
+            states = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0) for _ in range(4)]
+            for value in states:
+                value.update_inplace(np.zeros(shape, dtype=np.float32))
+        else:
+            states = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32)) for _ in range(4)]
+        token_value = ort.OrtValue.ortvalue_from_numpy(self.token)
+        logits_value = ort.OrtValue.ortvalue_from_numpy(self.logits)
+        self.bindings = []
+        for h_in, c_in, h_out, c_out in ((0, 1, 2, 3), (2, 3, 0, 1)):
+            binding = session.io_binding()
+            binding.bind_ortvalue_input("token", token_value)
+            binding.bind_ortvalue_input("h", states[h_in])
+            binding.bind_ortvalue_input("c", states[c_in])
+            binding.bind_ortvalue_output("logits", logits_value)
+            binding.bind_ortvalue_output("h_out", states[h_out])
+            binding.bind_ortvalue_output("c_out", states[c_out])
+            self.bindings.append(binding)
+        self.steps = 0
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        self.token[:] = tokens
+        self.session.run_with_iobinding(self.bindings[self.steps % 2])
+        self.steps += 1
+        return self.logits
 
 
 def _session_options(threads: int | None, spin: bool) -> ort.SessionOptions:
@@ -102,88 +152,51 @@ class Sampler:
 
     # ------------------------------------------------------------ the step loop
 
-    def runner(self, batch: int):
-        """A closure advancing `batch` sequences by one character from the zero state:
-        run(tokens (batch,)) -> logits (batch, V), a view reused by the next call."""
-        session, shape = self.session, (self.layers, batch, self.hidden)
-        token = np.zeros(batch, dtype=np.int64)
-        logits = np.zeros((batch, len(self.vocab)), dtype=np.float32)
-        if self.on_cuda:  # the state stays on the GPU; only tokens go up and logits come down
-            states = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0) for _ in range(4)]
-            for value in states:
-                value.update_inplace(np.zeros(shape, dtype=np.float32))
-        else:
-            states = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32)) for _ in range(4)]
-        token_value = ort.OrtValue.ortvalue_from_numpy(token)
-        logits_value = ort.OrtValue.ortvalue_from_numpy(logits)
-        bindings = []
-        for h_in, c_in, h_out, c_out in ((0, 1, 2, 3), (2, 3, 0, 1)):
-            binding = session.io_binding()
-            binding.bind_ortvalue_input("token", token_value)
-            binding.bind_ortvalue_input("h", states[h_in])
-            binding.bind_ortvalue_input("c", states[c_in])
-            binding.bind_ortvalue_output("logits", logits_value)
-            binding.bind_ortvalue_output("h_out", states[h_out])
-            binding.bind_ortvalue_output("c_out", states[c_out])
-            bindings.append(binding)
-        parity = [0]
-
-        def run(tokens: np.ndarray) -> np.ndarray:
-            token[:] = tokens
-            session.run_with_iobinding(bindings[parity[0]])
-            parity[0] ^= 1
-            return logits
-
-        return run
+    def runner(self, batch: int) -> StepLoop:
+        """A StepLoop advancing `batch` sequences by one character at a time from the zero state."""
+        return StepLoop(self.session, self.layers, self.hidden, len(self.vocab), batch, self.on_cuda)
 
     def stream(
-        self,
-        prime: str,
-        length: int,
-        top_k: int | None = None,
-        temperature: float = 1.0,
-        top_p: float | None = None,
-        seed: int | None = None,
-        num_samples: int = 1,
-        unknown: str = "error",
+        self, prime: str, length: int, options: SamplingOptions | None = None, **values
     ) -> Iterator[str | list[str]]:
-        """Yield the generated characters one step at a time: a str, or a list of num_samples strs.
-        The options and the prime are checked here, before the first character."""
-        self._check_options(length, top_k, temperature, top_p, num_samples)
-        prime_ids = self.encode(prime, unknown)
+        """Yield the generated characters one step at a time: a str, or a list of num_samples strs. Options come
+        as a SamplingOptions or as its fields by name (top_k=5, seed=0, ...). They and the prime are checked
+        here, before the first character."""
+        options = self._options(options, values)
+        self._check(length, options)
+        prime_ids = self.encode(prime, options.unknown)
         if len(prime_ids) == 0:  # no prime: start from the zero state after a newline (or the first char)
             prime_ids = np.array([self.index.get("\n", 0)], dtype=np.int64)
-        return self._steps(prime_ids, length, top_k, temperature, top_p, seed, num_samples)
+        return self._steps(prime_ids, length, options)
 
-    def _steps(self, prime_ids, length, top_k, temperature, top_p, seed, num_samples) -> Iterator[str | list[str]]:
-        run = self.runner(num_samples)
-        rng = np.random.default_rng(seed)
+    def _steps(self, prime_ids: np.ndarray, length: int, options: SamplingOptions) -> Iterator[str | list[str]]:
+        n = options.num_samples
+        run = self.runner(n)
+        rng = np.random.default_rng(options.seed)
         for token in prime_ids:
-            logits = run(np.full(num_samples, token, dtype=np.int64))
+            logits = run(np.full(n, token, dtype=np.int64))
         for _ in range(length):
-            ids = self._pick(logits, top_k, temperature, top_p, rng)
-            yield self.vocab[ids[0]] if num_samples == 1 else [self.vocab[i] for i in ids]
+            ids = self._pick(logits, options.top_k, options.temperature, options.top_p, rng)
+            yield self.vocab[ids[0]] if n == 1 else [self.vocab[i] for i in ids]
             logits = run(ids)
 
-    def generate(
-        self,
-        prime: str,
-        length: int,
-        top_k: int | None = None,
-        temperature: float = 1.0,
-        top_p: float | None = None,
-        seed: int | None = None,
-        num_samples: int = 1,
-        unknown: str = "error",
-    ) -> str | list[str]:
+    def generate(self, prime: str, length: int, options: SamplingOptions | None = None, **values) -> str | list[str]:
         """The generated text without the prime (a list of num_samples texts when num_samples > 1).
         top_k=1 or temperature=0 is greedy; the same seed gives the same text."""
-        pieces = list(self.stream(prime, length, top_k, temperature, top_p, seed, num_samples, unknown))
-        if num_samples == 1:
+        options = self._options(options, values)
+        pieces = list(self.stream(prime, length, options))
+        if options.num_samples == 1:
             return "".join(pieces)
-        return ["".join(chars) for chars in zip(*pieces)] if pieces else [""] * num_samples
+        return ["".join(chars) for chars in zip(*pieces)] if pieces else [""] * options.num_samples
 
-    def _check_options(self, length, top_k, temperature, top_p, num_samples) -> None:
+    @staticmethod
+    def _options(options: SamplingOptions | None, values: dict) -> SamplingOptions:
+        if options is not None and values:
+            raise TypeError("give a SamplingOptions or its fields by name, not both")
+        return options if options is not None else SamplingOptions(**values)
+
+    def _check(self, length: int, options: SamplingOptions) -> None:
+        top_k, temperature, top_p = options.top_k, options.temperature, options.top_p
         if not isinstance(length, int) or length < 0:
             raise SamplerError(f"length must be an integer >= 0, got {length!r}")
         if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= len(self.vocab)):
@@ -192,8 +205,8 @@ class Sampler:
             raise SamplerError(f"temperature must be >= 0, got {temperature!r}")
         if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise SamplerError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise SamplerError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if not isinstance(options.num_samples, int) or options.num_samples < 1:
+            raise SamplerError(f"num_samples must be an integer >= 1, got {options.num_samples!r}")
 
     @staticmethod
     def _pick(logits: np.ndarray, top_k, temperature, top_p, rng: np.random.Generator) -> np.ndarray:

@@ -10,6 +10,9 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert cfg.model.hidden == 128 and cfg.train.mixed_precision == "no" and cfg.train.lr == 1e-3
     assert cfg.train.max_steps == 40 and cfg.model.dropout == 0.0 and cfg.out_dir == "runs/x"
     assert cfg.train.max_minutes == 2.5 and cfg.data.val_fraction == 0.1
+    assert cfg.train.mixed_precision == "no"  # as the file says; the default is auto
+    assert load_config(None, []).train.mixed_precision == "auto"
+    assert load_config(None, ["train.max_steps=auto", "train.max_minutes=3"]).train.max_steps == "auto"
 
 
 @pytest.mark.parametrize(
@@ -31,7 +34,10 @@ def test_defaults_yaml_and_overrides(tmp_path):
         ("train.activation_reg=-1", "'train.activation_reg' must be >= 0"),
         ("train.temporal_reg=-0.5", "'train.temporal_reg' must be >= 0"),
         ("data.val_fraction=0", "'data.val_fraction' must be in"),
-        ("train.mixed_precision=fp8", "'train.mixed_precision' must be no, bf16 or fp16"),
+        ("train.mixed_precision=fp8", "'train.mixed_precision' must be auto, no, bf16 or fp16"),
+        ("train.max_steps=soon", "'train.max_steps' must be an integer or auto"),
+        ("train.max_steps=auto", "'train.max_steps' is auto: set train.max_minutes"),
+        ("train.max_steps=0", "'train.max_steps' must be > 0"),
         ("train=3", "config key 'train': expected a mapping"),
         ("hidden", "not of the form key.sub=value"),
     ],

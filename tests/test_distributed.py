@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY, one_line_error
+from conftest import EMPTY_CONFIG, ROOT, TINY, assert_resumed, one_line_error, start_events
 
 from trainer.checkpoint import load_checkpoint
 
@@ -30,7 +30,7 @@ SCHEDULE = [
 
 
 def launch_cmd(nproc: int, out, *overrides):
-    cmd = [str(ROOT / "launch.sh"), "configs/tiny.yaml", *TINY, *overrides, f"out_dir={out}"]
+    cmd = [str(ROOT / "launch.sh"), str(EMPTY_CONFIG), *TINY, *overrides, f"out_dir={out}"]
     env = {**os.environ, "NPROC": str(nproc), "PYTHON": sys.executable}
     return cmd, env
 
@@ -102,18 +102,23 @@ def test_export_reads_a_two_process_checkpoint(two_processes, tmp_path):
 def test_elastic_resume_two_to_one(one_process, data, tmp_path):
     launch_ok(2, tmp_path, data, *SCHEDULE, "train.max_steps=10")
     resumed = launch_ok(1, tmp_path, data, *SCHEDULE)
+    assert_resumed(tmp_path, 10)
+    assert [e["processes"] for e in start_events(tmp_path)] == [2, 1]
     assert_close_params(load_checkpoint(one_process / "ckpt.pt"), resumed)
 
 
 def test_elastic_resume_one_to_two(one_process, data, tmp_path):
     launch_ok(1, tmp_path, data, *SCHEDULE, "train.max_steps=10")
     resumed = launch_ok(2, tmp_path, data, *SCHEDULE)
+    assert_resumed(tmp_path, 10)
+    assert [e["processes"] for e in start_events(tmp_path)] == [1, 2]
     assert_close_params(load_checkpoint(one_process / "ckpt.pt"), resumed)
 
 
 def test_same_process_count_resume_is_bitwise(two_processes, data, tmp_path):
     launch_ok(2, tmp_path, data, *SCHEDULE, "train.max_steps=10")
     resumed = launch_ok(2, tmp_path, data, *SCHEDULE)
+    assert_resumed(tmp_path, 10)
     straight = load_checkpoint(two_processes / "ckpt.pt")
     for key in straight["model"]:
         assert torch.equal(straight["model"][key], resumed["model"][key]), key
@@ -158,6 +163,7 @@ def test_sigterm_saves_exits_zero_and_resumes(data, tmp_path):
     stopped_at = load_checkpoint(tmp_path / "stopped" / "ckpt.pt")["step"]
     assert 30 <= stopped_at < 300
     resumed = launch_ok(2, tmp_path / "stopped", data, *LONG)
+    assert_resumed(tmp_path / "stopped", stopped_at)
     straight = launch_ok(2, tmp_path / "straight", data, *LONG)
     for key in straight["model"]:
         assert torch.equal(straight["model"][key], resumed["model"][key]), key
@@ -166,7 +172,7 @@ def test_sigterm_saves_exits_zero_and_resumes(data, tmp_path):
 def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
     """kill -9 at several points of a run that saves every step (so some kills land inside a save): ckpt.pt
     always loads, and resuming after the last kill ends bitwise equal to an uninterrupted run."""
-    args = ["-m", "trainer.train", "--config", "configs/tiny.yaml", *TINY, data, *LONG, "train.save_every=1"]
+    args = ["-m", "trainer.train", "--config", str(EMPTY_CONFIG), *TINY, data, *LONG, "train.save_every=1"]
     killed_at = []
     for step in (20, 45, 70):
         process = subprocess.Popen(
@@ -185,6 +191,8 @@ def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
     subprocess.run(
         [sys.executable, *args, f"out_dir={tmp_path / 'straight'}"], cwd=ROOT, check=True, capture_output=True
     )
+    # each launch after a kill began at the step its predecessor had saved last
+    assert [e["resumed_from"] for e in start_events(tmp_path / "killed")] == [None, *killed_at]
     resumed = load_checkpoint(tmp_path / "killed" / "ckpt.pt")
     straight = load_checkpoint(tmp_path / "straight" / "ckpt.pt")
     assert resumed["step"] == straight["step"] == 300

@@ -1,54 +1,66 @@
-"""The one pair that moves training state to and from disk.
+"""The checkpoint's layout, and the one pair that moves it to and from disk.
 
-A checkpoint is one file that `torch.load(path, weights_only=True)` reads, written atomically (temp
-file, fsync, rename, fsync of the folder), so a kill at any moment leaves the previous file or the new
-one, never a torn one. Keys (DESIGN.md): model, vocab, config, step, val_loss; for exact resume also
-optimizer, best_val_loss, corpus_sha256 and streams (the carried (h, c) of all B global streams,
-(B, L, H) each). With train.ema_decay, `model` is the weight average (what val_loss measures and export
-reads) and `train_weights` the weights Adam updates. No RNG state is needed: after the seeded init the
-only randomness is dropout, weight drop and state resets, all keyed by (seed, step, stream), and the
-learning rate is a pure function of the step.
+A checkpoint is one file that `torch.load(path, weights_only=True)` reads, written atomically
+(trainer/files.py), so a kill at any moment leaves the previous file or the new one, never a torn one.
+No random generator state is in it: after the seeded init every draw is keyed by (seed, step, stream)
+(trainer/regularize.py) and the learning rate is a function of the step, so these keys are all that exact
+resume needs. What writes them is `Run.state_dict` in trainer/run.py; what reads them back is
+`Run.load_state_dict`.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from trainer.config import UserError
+from trainer.files import atomic_write
 
 FORMAT = "charlstm-ckpt/1"
-REQUIRED_KEYS = ("model", "vocab", "config", "step", "val_loss")
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # make the rename itself durable
-    finally:
-        os.close(folder)
+class StreamState(TypedDict):
+    h: torch.Tensor  # (B, L, H): the carried state of all B global streams, in stream order
+    c: torch.Tensor  # (B, L, H)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+class _Required(TypedDict):
+    """The keys other tools rely on (export, scripts)."""
+
+    format: str  # FORMAT
+    model: dict[str, torch.Tensor]  # state_dict of the bare model (no DDP prefixes); the average with ema_decay
+    vocab: list[str]  # vocab[id] = the character
+    config: dict[str, Any]  # the resolved config, as a plain dict
+    step: int  # optimizer steps done
+    val_loss: float | None  # of `model` on the validation split, when this save followed an evaluation
+
+
+class Checkpoint(_Required, total=False):
+    """Written by every save; a checkpoint from outside charlstm may hold only the required keys."""
+
+    optimizer: dict[str, Any]  # AdamW's state_dict
+    best_val_loss: float  # the best validation loss so far (best.pt holds those weights)
+    corpus_sha256: str  # of the text the run trains on
+    streams: StreamState
+    max_steps: int  # the run's total steps as resolved (train.max_steps=auto fixes it after timing steps)
+    train_weights: dict[str, torch.Tensor]  # with train.ema_decay: the weights Adam updates
+
+
+REQUIRED_KEYS = tuple(k for k in _Required.__annotations__ if k != "format")
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
+    with atomic_write(path) as f:
+        torch.save(checkpoint, f)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint; anything wrong raises UserError with one line. Never unpickles code."""
     path = Path(path)
     if not path.exists():
@@ -75,6 +87,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise UserError(f"{path}: not a complete charlstm checkpoint (missing keys: {', '.join(missing)})")
+    if payload.get("format") != FORMAT:
+        found = f"format {payload['format']!r}" if "format" in payload else "no format key"
+        raise UserError(f"{path}: not a checkpoint this charlstm reads ({found}; it reads {FORMAT!r})")
     vocab = payload["vocab"]
     if not isinstance(vocab, list) or not all(isinstance(ch, str) and len(ch) == 1 for ch in vocab):
         raise UserError(f"{path}: checkpoint vocab must be a list of single characters")

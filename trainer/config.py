@@ -75,7 +75,8 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warmup from 0 to lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay, applied to matrices only
     beta2: float = 0.99  # AdamW second-moment decay (beta1 is 0.9)
-    max_steps: int = 2000  # total optimizer steps (a resumed run counts from its checkpoint)
+    max_steps: int | str = 2000  # total optimizer steps (a resumed run counts from its checkpoint); `auto` (with
+    # max_minutes): time the first steps, then fix the total so the schedule ends inside the budget
     decay_steps: int | None = None  # cosine horizon; None = max_steps (set it to extend a run on the same schedule)
     grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
     grad_accum: int = 1  # split each process's streams into this many micro-batches per step
@@ -88,7 +89,8 @@ class TrainConfig:
     eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
     save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
     log_every: int = 10  # log train loss and speed every this many steps
-    mixed_precision: str = "no"  # `no` (fp32), `bf16` (CPU or GPU) or `fp16` (GPU only, loss scaling)
+    mixed_precision: str = "auto"  # `auto`: what the hardware runs natively (trainer/precision.py); `no` (fp32),
+    # `bf16` (a GPU with bf16, or a CPU with AVX-512 BF16 or AMX) or `fp16` (CUDA only, loss scaling)
     max_minutes: float | None = None  # optional wall-clock budget; the run stops with a final eval and save
 
 
@@ -157,7 +159,6 @@ def validate(cfg: Config) -> None:
         "model.layers": cfg.model.layers,
         "train.batch_size": cfg.train.batch_size,
         "train.seq_len": cfg.train.seq_len,
-        "train.max_steps": cfg.train.max_steps,
         "train.grad_accum": cfg.train.grad_accum,
         "train.eval_every": cfg.train.eval_every,
         "train.save_every": cfg.train.save_every,
@@ -192,16 +193,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
     if not 0.0 < cfg.train.beta2 < 1.0:
         raise ConfigError(f"config key 'train.beta2' must be in (0, 1), got {cfg.train.beta2}")
-    if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
+    if cfg.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(
-            f"config key 'train.mixed_precision' must be no, bf16 or fp16, got {cfg.train.mixed_precision!r}"
+            f"config key 'train.mixed_precision' must be auto, no, bf16 or fp16, got {cfg.train.mixed_precision!r}"
         )
+    if isinstance(cfg.train.max_steps, str):
+        if cfg.train.max_steps != "auto":
+            raise ConfigError(f"config key 'train.max_steps' must be an integer or auto, got {cfg.train.max_steps!r}")
+        if cfg.train.max_minutes is None:
+            raise ConfigError("config key 'train.max_steps' is auto: set train.max_minutes, the budget it fills")
+    elif cfg.train.max_steps <= 0:
+        raise ConfigError(f"config key 'train.max_steps' must be > 0, got {cfg.train.max_steps}")
     if cfg.train.decay_steps is not None and cfg.train.decay_steps <= 0:
         raise ConfigError(f"config key 'train.decay_steps' must be > 0, got {cfg.train.decay_steps}")
     if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
         raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {cfg.train.max_minutes}")
-    if cfg.train.batch_size % cfg.train.grad_accum:
-        raise ConfigError(f"config key 'train.grad_accum' ({cfg.train.grad_accum}) must divide the per-process batch")
     if not cfg.out_dir:
         raise ConfigError("config key 'out_dir' must not be empty")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import UserError
+from trainer.files import atomic_path, atomic_write_bytes
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -56,7 +57,7 @@ def fetch_tinyshakespeare() -> Path:
         raise UserError(f"could not download Tiny Shakespeare from {TINYSHAKESPEARE_URL}: {e}") from None
     if hashlib.sha256(payload).hexdigest() != TINYSHAKESPEARE_SHA256:
         raise UserError(f"the download from {TINYSHAKESPEARE_URL} does not match its sha256")
-    _atomic_write_bytes(path, payload)
+    atomic_write_bytes(path, payload)
     return path
 
 
@@ -75,7 +76,7 @@ def build_python_stdlib() -> Path:
             parts.append(file.read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError):
             continue  # a few test fixtures are deliberately not UTF-8
-    _atomic_write_bytes(path, "".join(parts).encode("utf-8"))
+    atomic_write_bytes(path, "".join(parts).encode("utf-8"))
     return path
 
 
@@ -125,16 +126,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _codepoint_chunks(path: Path):
     """Yield the corpus as uint32 code point arrays, one per chunk; bad UTF-8 -> UserError with offset."""
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -176,18 +167,14 @@ def encode_file(path: Path, out: Path) -> tuple[np.ndarray, list[str]]:
     lookup = np.zeros(MAX_CODEPOINT, dtype=dtype)
     lookup[codepoints] = np.arange(len(codepoints), dtype=dtype)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
-    position = 0
-    for cps in _codepoint_chunks(path):
-        ids[position : position + len(cps)] = lookup[cps]
-        position += len(cps)
-    ids.flush()
-    del ids
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
+        position = 0
+        for cps in _codepoint_chunks(path):
+            ids[position : position + len(cps)] = lookup[cps]
+            position += len(cps)
+        ids.flush()
+        del ids
     return np.load(out, mmap_mode="r"), vocab
 
 
@@ -227,7 +214,7 @@ def load_corpus(spec: str) -> Corpus:
     except OSError:  # e.g. a read-only mount that the permission bits did not show
         ids_path, vocab_path = cache_paths(path, sha256, beside=False)
         ids, vocab = encode_file(path, ids_path)
-    _atomic_write_bytes(vocab_path, json.dumps({"vocab": vocab, "sha256": sha256}).encode("utf-8"))
+    atomic_write_bytes(vocab_path, json.dumps({"vocab": vocab, "sha256": sha256}).encode("utf-8"))
     return Corpus(ids, vocab, sha256)
 
 
@@ -305,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_corpus(argv[0])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{len(corpus.ids):,} characters, vocab {len(corpus.vocab)}, sha256 {corpus.sha256[:16]}")
     return 0
 

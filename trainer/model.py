@@ -4,7 +4,8 @@ Two views of the same weights:
 - `forward(tokens, state)` runs whole windows (B, T) through cuDNN / oneDNN LSTM kernels for training;
 - `step(token, h, c)` advances one character with the cell written out (gates i, f, g, o as in
   nn.LSTM). It is the reference for export (export/onnx.py traces `cell`) and for the parity tests.
-The model knows nothing of accelerate, devices or precision: the trainer owns those.
+The model knows nothing of accelerate or devices: the trainer owns those. Its one precision switch,
+`fp32_lstm`, is set where the model is built (trainer/precision.py decides it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,23 @@ State = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
 
 
 class CharLSTM(nn.Module):
-    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float, weight_drop: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed: int,
+        hidden: int,
+        layers: int,
+        dropout: float,
+        weight_drop: float = 0.0,
+        fp32_lstm: bool = False,
+    ):
         super().__init__()
+        # fp32_lstm: run the LSTM layers in fp32 inside an autocast region; the head and the loss keep the
+        # autocast dtype. Why, for bf16 on a GPU: PyTorch's autocast wrapper for cuDNN RNNs
+        # (aten/src/ATen/cudnn/AutocastRNN.cpp) casts them to fp16 whatever dtype autocast was given, so the
+        # LSTM would run in fp16 with no loss scaling and small gradients would underflow. In fp32 cuDNN
+        # uses TF32 tensor cores (Ampere and later) while torch.backends.cudnn.allow_tf32 is on (default).
+        self.fp32_lstm = fp32_lstm
         self.vocab_size = vocab_size
         self.hidden = hidden
         self.layers = layers
@@ -61,14 +77,8 @@ class CharLSTM(nn.Module):
             layer_state = (
                 None if state is None else (state[0][i : i + 1].contiguous(), state[1][i : i + 1].contiguous())
             )
-            if self.training and self.weight_drop > 0.0:
-                # DropConnect on W_hh (AWD-LSTM): one mask for every step of the window and every stream, so
-                # the fused LSTM kernel still runs; at inference W_hh is used as is (the masks are inverted).
-                w_hh = lstm.weight_hh_l0
-                dropped = w_hh * weight_masks[i] if weight_masks is not None else F.dropout(w_hh, self.weight_drop)
-                x, (h, c) = functional_call(lstm, {"weight_hh_l0": dropped}, (x, layer_state))
-            else:
-                x, (h, c) = lstm(x, layer_state)  # x (B, T, H); h, c (1, B, H)
+            mask = None if weight_masks is None else weight_masks[i]
+            x, (h, c) = self._run_lstm(lstm, x, layer_state, mask)  # x (B, T, H); h, c (1, B, H)
             top = x
             x = self._dropout(x, dropout_masks, i)
             hs.append(h)
@@ -76,6 +86,19 @@ class CharLSTM(nn.Module):
         logits = self.head(x)  # (B, T, V)
         state = (torch.cat(hs), torch.cat(cs))
         return (logits, state, top) if with_top else (logits, state)
+
+    def _run_lstm(self, lstm: nn.LSTM, x: Tensor, state: State | None, weight_mask: Tensor | None):
+        if self.fp32_lstm and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                state = None if state is None else (state[0].float(), state[1].float())
+                return self._run_lstm(lstm, x.float(), state, weight_mask)
+        if self.training and self.weight_drop > 0.0:
+            # DropConnect on W_hh (AWD-LSTM): one mask for every step of the window and every stream, so
+            # the fused LSTM kernel still runs; at inference W_hh is used as is (the masks are inverted).
+            w_hh = lstm.weight_hh_l0
+            dropped = w_hh * weight_mask if weight_mask is not None else F.dropout(w_hh, self.weight_drop)
+            return functional_call(lstm, {"weight_hh_l0": dropped}, (x, state))
+        return lstm(x, state)
 
     def _dropout(self, x: Tensor, masks: Tensor | None, site: int) -> Tensor:
         if not self.training or self.dropout == 0.0:
@@ -115,7 +138,7 @@ class CharLSTM(nn.Module):
         return self.cell(self.token_gates(token), h, c)
 
 
-def build_model(vocab_size: int, model_cfg) -> CharLSTM:
-    """The model a ModelConfig describes."""
-    c = model_cfg
-    return CharLSTM(vocab_size, c.embed, c.hidden, c.layers, c.dropout, c.weight_drop)
+def build_model(vocab_size: int, model_cfg, fp32_lstm: bool = False) -> CharLSTM:
+    """The model a ModelConfig describes; fp32_lstm as in CharLSTM."""
+    m = model_cfg
+    return CharLSTM(vocab_size, m.embed, m.hidden, m.layers, m.dropout, m.weight_drop, fp32_lstm)

@@ -1,0 +1,281 @@
+"""One training run: the parts it is made of, what changes as it trains, and the one pair that writes that
+state to a checkpoint and reads it back.
+
+A process of an N-process run owns streams [first, last) of the B global streams and their carried LSTM
+state (h, c); everything else is the same on every process. `Run.start` sets a run up, from scratch or from
+out_dir/ckpt.pt; `Run.state_dict` and `Run.load_state_dict` are the whole of what a checkpoint holds and
+what resuming restores, side by side, so exact resume is easy to check by reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.checkpoint import FORMAT, Checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import Config, UserError, save_config
+from trainer.data import Corpus, EvalStreams, TrainStreams, load_corpus, split
+from trainer.files import remove_stale_temps
+from trainer.model import CharLSTM, build_model
+from trainer.precision import Precision, make_accelerator
+from trainer.regularize import WeightAverage
+
+LN2 = math.log(2.0)
+
+
+class TrainingError(Exception):
+    """Training cannot go on (diverged, cannot save); printed as one line."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    out_dir: Path
+
+    @property
+    def ckpt(self) -> Path:  # the latest state, what a rerun resumes from
+        return self.out_dir / "ckpt.pt"
+
+    @property
+    def best(self) -> Path:  # the weights with the best validation loss so far
+        return self.out_dir / "best.pt"
+
+    @property
+    def metrics(self) -> Path:  # one JSON object per event
+        return self.out_dir / "metrics.jsonl"
+
+
+@dataclass(eq=False)
+class Run:
+    # ---- fixed for the run
+    cfg: Config
+    accelerator: object  # accelerate.Accelerator (not imported at module level: importing must stay cheap)
+    precision: Precision
+    corpus: Corpus
+    streams: TrainStreams  # the training split as B streams
+    evals: EvalStreams  # the validation split as B streams
+    model: torch.nn.Module  # what trains: DDP-wrapped on several processes
+    bare: CharLSTM  # the same weights, unwrapped
+    average: WeightAverage | None  # train.ema_decay: what gets evaluated, saved as `model` and exported
+    optimizer: torch.optim.Optimizer
+    paths: RunPaths
+    first: int  # this process's streams are [first, last)
+    last: int
+    # ---- changing: all of it is in the checkpoint
+    step: int = 0  # optimizer steps done
+    best_val: float = math.inf
+    h: Tensor | None = None  # (L, b, H) carried state of this process's streams
+    c: Tensor | None = None
+    bad_steps: int = 0  # non-finite steps in a row (never saved: a save follows only good steps)
+    max_steps: int | None = None  # the total; None until train.max_steps=auto has timed the first steps
+    resumed_from: int | None = None  # the step of the checkpoint this process started from
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def evaluated(self) -> CharLSTM:
+        """The weights that get evaluated, saved as `model` and exported."""
+        return self.average.model if self.average is not None else self.bare
+
+    # ------------------------------------------------------------ setup and resume
+
+    @classmethod
+    def start(cls, cfg: Config) -> Run:
+        """Everything a run needs, from scratch or resumed from out_dir/ckpt.pt; UserError on bad input."""
+        accelerator, precision = make_accelerator(cfg)
+        processes, rank = accelerator.num_processes, accelerator.process_index
+        t = cfg.train
+        if t.batch_size % processes:
+            raise UserError(f"train.batch_size={t.batch_size} does not divide over {processes} processes")
+        local_batch = t.batch_size // processes
+        if local_batch % t.grad_accum:
+            raise UserError(f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process")
+        with accelerator.main_process_first():  # rank 0 encodes and caches the corpus, the others reuse it
+            corpus = load_corpus(cfg.data.path)
+        train_ids, val_ids = split(corpus.ids, cfg.data.val_fraction)
+        paths = RunPaths(Path(cfg.out_dir))
+        if paths.out_dir.exists() and not paths.out_dir.is_dir():
+            raise UserError(f"out_dir {str(paths.out_dir)!r} exists and is not a folder")
+        ckpt = load_checkpoint(paths.ckpt) if paths.ckpt.exists() else None
+        if ckpt is not None:
+            check_resumable(ckpt, cfg, corpus.vocab, paths.ckpt)
+
+        torch.manual_seed(t.seed)
+        model = build_model(len(corpus.vocab), cfg.model, precision.fp32_lstm).to(accelerator.device)
+        average = None
+        if t.ema_decay > 0:
+            average = WeightAverage(build_model(len(corpus.vocab), cfg.model, precision.fp32_lstm), t.ema_decay)
+            average.model.load_state_dict(model.state_dict())
+            average.model.to(accelerator.device)
+        optimizer = make_optimizer(model, cfg, accelerator.device)
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+        run = cls(
+            cfg=cfg,
+            accelerator=accelerator,
+            precision=precision,
+            corpus=corpus,
+            streams=TrainStreams(train_ids, t.batch_size, t.seq_len),
+            evals=EvalStreams(val_ids, t.batch_size, t.seq_len),
+            model=wrapped,
+            bare=accelerator.unwrap_model(wrapped),
+            average=average,
+            optimizer=optimizer,
+            paths=paths,
+            first=rank * local_batch,
+            last=(rank + 1) * local_batch,
+            max_steps=t.max_steps if isinstance(t.max_steps, int) else None,
+        )
+        run.h, run.c = run.bare.zero_state(local_batch, accelerator.device)
+        if ckpt is not None:
+            run.load_state_dict(ckpt)
+        run._prepare_out_dir()
+        return run
+
+    def state_dict(self, val_loss: float | None) -> Checkpoint:
+        """The checkpoint of the run as it is now; val_loss is that of `evaluated` when a save follows an
+        evaluation. Collective: every process takes part (the streams' state is gathered)."""
+        gather = self.accelerator.gather  # (b, L, H) of each process -> (B, L, H) in stream order
+        ckpt: Checkpoint = {
+            "format": FORMAT,
+            "model": self.evaluated.state_dict(),
+            "vocab": self.corpus.vocab,
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "val_loss": val_loss,
+            "optimizer": self.optimizer.state_dict(),
+            "best_val_loss": self.best_val,
+            "corpus_sha256": self.corpus.sha256,
+            "streams": {
+                "h": gather(self.h.transpose(0, 1).contiguous()).cpu(),
+                "c": gather(self.c.transpose(0, 1).contiguous()).cpu(),
+            },
+        }
+        if self.max_steps is not None:
+            ckpt["max_steps"] = self.max_steps
+        if self.average is not None:
+            ckpt["train_weights"] = self.bare.state_dict()
+        return ckpt
+
+    def load_state_dict(self, ckpt: Checkpoint) -> None:
+        """Resume from a checkpoint that check_resumable accepted, on any number of processes."""
+        self.bare.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
+        if self.average is not None:  # a checkpoint without the average starts it from the weights
+            self.average.model.load_state_dict(ckpt["model"] if "train_weights" in ckpt else self.bare.state_dict())
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = self.resumed_from = ckpt["step"]
+        self.best_val = ckpt.get("best_val_loss", math.inf)
+        if self.cfg.train.max_steps == "auto":  # keep the total fixed when the run began; an explicit one wins
+            self.max_steps = ckpt.get("max_steps")
+        for name in ("h", "c"):  # (B, L, H) of all streams -> (L, b, H) of this process's
+            mine = ckpt["streams"][name][self.first : self.last].transpose(0, 1).contiguous()
+            setattr(self, name, mine.to(self.device))
+
+    def _prepare_out_dir(self) -> None:
+        if not self.is_main:
+            return
+        try:
+            self.paths.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.paths.out_dir)  # saves cut short by kill -9; the files beside them are whole
+            save_config(self.cfg, self.paths.out_dir / "config.yaml")
+        except OSError as e:
+            raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
+
+    # ------------------------------------------------------------ saving, evaluating, logging
+
+    def save(self, path: Path, val_loss: float | None) -> None:
+        ckpt = self.state_dict(val_loss)  # collective: every process takes part
+        if not self.is_main:
+            return
+        if not all(torch.isfinite(p).all() for p in self.bare.parameters()):
+            raise TrainingError("the weights are not finite; refusing to write a checkpoint")
+        try:
+            save_checkpoint(path, ckpt)
+        except OSError as e:  # disk full, folder removed...: the previous file is still whole
+            raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
+
+    def evaluate(self) -> float:
+        """The validation loss of `evaluated`, logged; a new best is saved as best.pt."""
+        val = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
+        self.log({"step": self.step, "val_loss": val, "val_bpc": val / LN2})
+        if val < self.best_val:
+            self.best_val = val
+            self.save(self.paths.best, val)
+        return val
+
+    def log(self, event: dict) -> None:
+        """Append one event to metrics.jsonl (main process only)."""
+        if self.is_main:
+            with open(self.paths.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
+
+    def say(self, line: str) -> None:
+        """One line for the user on stderr, from the main process."""
+        if self.is_main:
+            print(f"charlstm: {line}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- helpers of Run.start and Run.evaluate
+
+
+def check_resumable(ckpt: Checkpoint, cfg: Config, vocab: list[str], path: Path) -> None:
+    """Refuse, naming the difference, a checkpoint that does not fit this run; nothing gets overwritten."""
+    if ckpt["vocab"] != vocab:
+        raise UserError(
+            f"{path} was trained on a different vocabulary ({len(ckpt['vocab'])} characters, this corpus has "
+            f"{len(vocab)}): use another out_dir"
+        )
+    for key in ("model.embed", "model.hidden", "model.layers", "train.batch_size", "train.seq_len"):
+        section, name = key.split(".")
+        before, now = ckpt["config"].get(section, {}).get(name), getattr(getattr(cfg, section), name)
+        if before != now:
+            raise UserError(
+                f"{path} holds a run with {key}={before}, this config says {now}: "
+                "use another out_dir, or the same value to resume"
+            )
+    for key in ("optimizer", "streams"):
+        if key not in ckpt:
+            raise UserError(f"{path} has no {key!r} state to resume from (export it, or use another out_dir)")
+    total = ckpt.get("max_steps") if cfg.train.max_steps == "auto" else cfg.train.max_steps
+    if total is not None and ckpt["step"] > total:
+        raise UserError(f"{path} is at step {ckpt['step']}, past train.max_steps={total}")
+
+
+def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on the matrices only (not on biases nor on the embedding)."""
+    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    others = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
+    groups = [
+        {"params": matrices, "weight_decay": cfg.train.weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"  # one kernel for all parameters on GPU
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, cfg.train.beta2), fused=fused or None)
+
+
+def evaluate_loss(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> float:
+    """Loss in nats/char over the WHOLE validation split; streams sharded over processes, sums reduced."""
+    model.eval()
+    device = accelerator.device
+    h, c = model.zero_state(last - first, device)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
+    with torch.no_grad(), accelerator.autocast():
+        for x, y in evals.windows(first, last):
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            logits, (h, c) = model(x, (h, c))
+            total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+            total[1] += y.numel()
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return (total[0] / total[1]).item()
