@@ -100,6 +100,60 @@ def train_speed(steps: int, corpus: Path, batch_size: int = 128, seq_length: int
     return speeds
 
 
+def validation_loss(net, encoded: np.ndarray, n_chars: int, device, batch_size: int = 128) -> float:
+    """Mean cross-entropy (nats/char) over `encoded`, read as batch_size streams with the state carried."""
+    net.eval()
+    h, total, count = net.init_hidden(batch_size), 0.0, 0
+    with torch.no_grad():
+        for x, y in get_batches(encoded, batch_size, 100):
+            inputs = torch.from_numpy(one_hot_encode(x, n_chars)).to(device)
+            output, h = net(inputs, h)
+            targets = torch.from_numpy(y).to(device).reshape(-1).long()
+            total += float(F.cross_entropy(output, targets, reduction="sum"))
+            count += targets.numel()
+    net.train()
+    return total / count
+
+
+def train_for(seconds: float, every: float, corpus: Path, batch_size: int = 128, seq_length: int = 100):
+    """Train the seed's way on the first 90% of the corpus for `seconds` of training; the validation loss on the
+    last 10% every `every` seconds. Returns [(seconds of training, validation loss)], from 0 s."""
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chars, encoded = load_text(corpus)
+    cut = len(encoded) - len(encoded) // 10
+    train, val = encoded[:cut], encoded[cut:]
+    net = CharRNN(chars).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=0.001)
+    net.train()
+    curve = [(0.0, validation_loss(net, val, len(chars), device))]
+    trained, next_eval = 0.0, every
+    while trained < seconds:
+        h = net.init_hidden(batch_size)
+        for x, y in get_batches(train, batch_size, seq_length):  # one epoch
+            start = time.perf_counter()
+            inputs = torch.from_numpy(one_hot_encode(x, len(chars))).to(device)
+            targets = torch.from_numpy(y).to(device).reshape(-1).long()
+            h = tuple(each.data for each in h)
+            net.zero_grad()
+            output, h = net(inputs, h)
+            F.cross_entropy(output, targets).backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5)
+            opt.step()
+            trained += time.perf_counter() - start if device.type == "cpu" else _synced(start)
+            if trained >= next_eval or trained >= seconds:
+                curve.append((trained, validation_loss(net, val, len(chars), device)))
+                next_eval += every
+            if trained >= seconds:
+                break
+    return curve
+
+
+def _synced(start: float) -> float:
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def predict(net, char, h, top_k):
     x = torch.from_numpy(one_hot_encode(np.array([[net.char2int[char]]]), len(net.chars)))
     h = tuple(each.data for each in h)

@@ -46,6 +46,7 @@ class Checkpoint(_Required, total=False):
 
     optimizer: dict[str, Any]  # AdamW's state_dict
     best_val_loss: float  # the best validation loss so far (best.pt holds those weights)
+    train_seconds: float  # seconds of training so far (evaluations and saves not counted); for the record
     corpus_sha256: str  # of the text the run trains on
     streams: StreamState
     max_steps: int  # the run's total steps as resolved (train.max_steps=auto fixes it after timing steps)

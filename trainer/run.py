@@ -75,6 +75,7 @@ class Run:
     bad_steps: int = 0  # non-finite steps in a row (never saved: a save follows only good steps)
     max_steps: int | None = None  # the total; None until train.max_steps=auto has timed the first steps
     resumed_from: int | None = None  # the step of the checkpoint this process started from
+    train_seconds: float = 0.0  # wall-clock seconds of training steps so far, evaluations and saves not counted
 
     @property
     def device(self) -> torch.device:
@@ -156,6 +157,7 @@ class Run:
             "val_loss": val_loss,
             "optimizer": self.optimizer.state_dict(),
             "best_val_loss": self.best_val,
+            "train_seconds": self.train_seconds,
             "corpus_sha256": self.corpus.sha256,
             "streams": {
                 "h": gather(self.h.transpose(0, 1).contiguous()).cpu(),
@@ -176,6 +178,7 @@ class Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = self.resumed_from = ckpt["step"]
         self.best_val = ckpt.get("best_val_loss", math.inf)
+        self.train_seconds = ckpt.get("train_seconds", 0.0)
         if self.cfg.train.max_steps == "auto":  # keep the total fixed when the run began; an explicit one wins
             self.max_steps = ckpt.get("max_steps")
         for name in ("h", "c"):  # (B, L, H) of all streams -> (L, b, H) of this process's
@@ -208,7 +211,7 @@ class Run:
     def evaluate(self) -> float:
         """The validation loss of `evaluated`, logged; a new best is saved as best.pt."""
         val = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
-        self.log({"step": self.step, "val_loss": val, "val_bpc": val / LN2})
+        self.log({"step": self.step, "val_loss": val, "val_bpc": val / LN2, "train_seconds": self.train_seconds})
         if val < self.best_val:
             self.best_val = val
             self.save(self.paths.best, val)

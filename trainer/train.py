@@ -55,7 +55,7 @@ def train(cfg: Config) -> int:
                 meter.write(f"step {run.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
             if run.step % t.save_every == 0 or final:
                 run.save(run.paths.ckpt, val_loss)
-            meter.restart_clock_if(verdict.plan_now or val_loss is not None or run.step % t.save_every == 0)
+            meter.skip_pause()
             if verdict.out_of_time:
                 stopped_by = f"train.max_minutes={t.max_minutes}"
                 break
@@ -87,8 +87,8 @@ def announce(run: Run) -> None:
 
 
 class Meter:
-    """The progress bar, and the train loss and chars/s logged every train.log_every steps. The clock restarts
-    after evaluations and saves, so chars/s measures training alone."""
+    """The progress bar, and the train loss and chars/s logged every train.log_every steps. Its clock skips
+    evaluations and saves, so run.train_seconds and chars/s measure training alone."""
 
     def __init__(self, run: Run):
         from tqdm import tqdm
@@ -98,10 +98,14 @@ class Meter:
             total=run.max_steps, initial=run.step, disable=not run.is_main, dynamic_ncols=True, mininterval=1.0
         )
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
-        self.clock, self.clock_step = time.monotonic(), run.step
+        self.clock = time.monotonic()
+        self.logged = (run.step, run.train_seconds)  # (step, train_seconds) at the last log
 
     def count(self, step_loss: torch.Tensor, skipped: bool) -> None:
         run, t = self.run, self.run.cfg.train
+        now = time.monotonic()
+        run.train_seconds += now - self.clock
+        self.clock = now
         if not skipped:
             self.loss_sum += step_loss
             self.loss_count += 1
@@ -111,17 +115,17 @@ class Meter:
         if run.step % t.log_every and run.step != run.max_steps:
             return
         mean_loss = run.accelerator.reduce(self.loss_sum, reduction="mean").item() / max(1, self.loss_count)
-        now = time.monotonic()
-        chars_per_s = (run.step - self.clock_step) * t.batch_size * t.seq_len / max(1e-9, now - self.clock)
+        steps, seconds = run.step - self.logged[0], run.train_seconds - self.logged[1]
+        chars_per_s = steps * t.batch_size * t.seq_len / max(1e-9, seconds)
         lr = lr_at(run.step - 1, run.cfg, run.max_steps)
         run.log({"step": run.step, "train_loss": mean_loss, "lr": lr, "chars_per_s": chars_per_s})
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", cps=f"{chars_per_s:,.0f}")
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
-        self.clock, self.clock_step = now, run.step
+        self.logged = (run.step, run.train_seconds)
 
-    def restart_clock_if(self, paused: bool) -> None:
-        if paused:
-            self.clock, self.clock_step = time.monotonic(), self.run.step
+    def skip_pause(self) -> None:
+        """Leave the time since the last step (an evaluation, a save) out of the training clock."""
+        self.clock = time.monotonic()
 
     def write(self, line: str) -> None:
         if self.run.is_main:
