@@ -9,7 +9,7 @@ usage: ./launch.sh                      the quickstart: train configs/tiny.yaml,
        ./launch.sh CONFIG [key=value ...]   train CONFIG with dotted overrides (train.max_steps=40 ...)
 
 How many processes:
-  several GPUs        accelerate launch --multi_gpu, one process per GPU, mixed precision from the config
+  several GPUs        accelerate launch --multi_gpu, one process per GPU (precision: train.mixed_precision)
   one GPU or none     one process
   NPROC=N             N processes (on a CPU machine: torchrun with gloo; with GPUs: the first N)
 Several machines: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each; they are passed on.
@@ -31,12 +31,13 @@ BIN=$(dirname "$(command -v "$PY")")
 run_forwarding_signals() {
   setsid "$@" &
   local leader=$!
-  forward() {
+  forward() {  # $1: the signal received, passed on as it is (the workers report which one stopped them)
     local workers
     workers=$(pgrep -P "$leader" || true)
-    kill -TERM ${workers:-$leader} 2>/dev/null || true
+    kill "-$1" ${workers:-$leader} 2>/dev/null || true
   }
-  trap forward TERM INT
+  trap 'forward TERM' TERM
+  trap 'forward INT' INT
   local status=0
   while true; do
     wait "$leader" && status=0 || status=$?
@@ -49,7 +50,7 @@ run_forwarding_signals() {
 train() {
   local config=$1; shift
   if [[ ! -f "$config" ]]; then echo "error: config file '$config' not found" >&2; exit 2; fi
-  local gpus nproc precision
+  local gpus nproc
   gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
   nproc=${NPROC:-$gpus}
   [[ "$nproc" =~ ^[0-9]+$ ]] || { echo "error: NPROC must be a number, got '$nproc'" >&2; exit 2; }
@@ -63,10 +64,10 @@ train() {
                 --main_process_port "${MASTER_PORT:-29500}")
   fi
   if (( gpus > 1 && nproc > 1 )) || { (( gpus > 0 )) && [[ -n "${NNODES:-}" ]]; }; then
-    precision=$("$PY" -c "import sys; from trainer.config import load_config
-print(load_config(sys.argv[1], sys.argv[2:]).train.mixed_precision)" "$config" "$@") || exit 2
+    # the trainer chooses the precision itself (train.mixed_precision, `auto` by default): accelerate's own
+    # setting is left at `no`, which the trainer's explicit choice overrides
     run_forwarding_signals "$BIN/accelerate" launch --multi_gpu --num_processes "$(( nproc * ${NNODES:-1} ))" \
-      --mixed_precision "$precision" "${multi_node[@]}" trainer/train.py --config "$config" "$@"
+      --mixed_precision no "${multi_node[@]}" trainer/train.py --config "$config" "$@"
   elif (( gpus == 0 && nproc > 1 )) || [[ -n "${NNODES:-}" ]]; then
     local rendezvous=(--standalone)
     if [[ -n "${NNODES:-}" ]]; then

@@ -21,15 +21,28 @@ CORPUS = resolve_corpus(os.environ.get("CHARLSTM_BENCH_CORPUS", "tinyshakespeare
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
+    """The CPU as the benchmarks name it: its model, cores, and what oneDNN can use of it."""
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    isa = (
+        "AMX"
+        if "amx_bf16" in flags
+        else "AVX-512 BF16"
+        if "avx512_bf16" in flags
+        else "AVX2"
+        if "avx2" in flags
+        else ""
+    )
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    features = f" ({isa}{f'; ONEDNN_MAX_CPU_ISA={capped}' if capped else ''})" if isa else ""
+    return f"{cpu}{features}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def run_json(args: list[str], env: dict | None = None) -> dict:

@@ -133,7 +133,7 @@ class Check:
 
     def recipe(self, corpus: str) -> dict:
         out = self.out / "shakespeare"
-        budget = ["train.max_minutes=0.2", *TINY_SHAPE] if self.dry_run else ["train.max_minutes=3"]
+        budget = ["train.max_minutes=0.1", *TINY_SHAPE] if self.dry_run else ["train.max_minutes=3"]
         args = ["--config", "configs/shakespeare.yaml", *budget, f"data.path={corpus}", f"out_dir={out}"]
         result = self.run(["-m", "trainer.train", *args], timeout=300)
         events = _events(out)
@@ -146,7 +146,7 @@ class Check:
 
     def big(self, corpus: str) -> dict:
         out = self.out / "big"
-        budget = ["train.max_minutes=0.1", *TINY_SHAPE, "model.layers=2"] if self.dry_run else ["train.max_minutes=1"]
+        budget = ["train.max_minutes=0.05", *TINY_SHAPE, "model.layers=2"] if self.dry_run else ["train.max_minutes=1"]
         args = ["--config", "configs/big.yaml", "train.max_steps=auto", "train.eval_every=1000000", *budget]
         result = self.run(["-m", "trainer.train", *args, f"data.path={corpus}", f"out_dir={out}"], timeout=150)
         events = _events(out)

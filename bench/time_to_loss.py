@@ -4,8 +4,10 @@
    first 90% of Tiny Shakespeare for --seed-seconds (default 300), its validation loss on the last 10% measured
    every --seed-every seconds (evaluation time not counted).
 2. configs/shakespeare.yaml as a user runs it (train.max_steps=auto within its 10 minutes; auto precision).
-3. The same run again, bitwise the same training (its max_steps fixed to what run 2 planned), evaluated every
-   20 steps for its first --early-seconds of training, to see when it first reaches the seed's final loss.
+3. The same recipe with train.max_steps fixed to where run 2 ended (the same schedule, but for the few hundred
+   steps before run 2 fixed its total, where the two learning rates differ by under 1%), evaluated every 20
+   steps for its first --early-seconds of training, to see when it first reaches the seed's final loss.
+Both recipe runs stay in runs/time_to_loss/PRECISION/ (shipped/, early/), for export and the sample.
 Seconds are seconds of training: evaluations and saves are not counted (metrics.jsonl's train_seconds).
 
 Prints the seconds our recipe needs to reach the seed's final loss and the ratio; plots both curves into
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tempfile
+import shutil
 from pathlib import Path
 
 from common import CORPUS, ROOT, machine, run_json
@@ -29,9 +31,10 @@ from common import CORPUS, ROOT, machine, run_json
 def seed_curve(seconds: float, every: float) -> list[tuple[float, float]]:
     code = f"""
 import json, sys
+from pathlib import Path
 sys.path.insert(0, 'bench')
 from seed_charrnn import train_for
-print(json.dumps(train_for({seconds}, {every}, {str(CORPUS)!r})))
+print(json.dumps(train_for({seconds}, {every}, Path({str(CORPUS)!r}))))
 """
     return [tuple(point) for point in run_json(["-c", code])]
 
@@ -63,14 +66,17 @@ def main() -> None:
     seed = seed_curve(args.seed_seconds, args.seed_every)
     target = seed[-1][1]
     print(f"seed's method: {target:.4f} nats after {seed[-1][0]:.0f} s of training", flush=True)
-    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
-        shipped = recipe(Path(tmp) / "shipped", args.overrides)
-        planned = [e["max_steps"] for e in shipped if "seconds_per_step" in e][-1]
-        early = recipe(
-            Path(tmp) / "early",
-            [*args.overrides, f"train.max_steps={planned}", "train.eval_every=20", "train.save_every=100000"]
-            + [f"train.max_minutes={args.early_seconds / 60 * 2}"],  # evaluations take about as long again
-        )
+    from trainer.precision import choose_precision, device_type
+
+    runs = ROOT / "runs" / "time_to_loss" / choose_precision("auto", device_type()).mode  # kept: export reads it
+    shutil.rmtree(runs, ignore_errors=True)
+    shipped = recipe(runs / "shipped", args.overrides)
+    planned = [e["step"] for e in shipped if "val_loss" in e][-1]  # where it ended
+    early = recipe(
+        runs / "early",
+        [*args.overrides, f"train.max_steps={planned}", "train.eval_every=20", "train.save_every=100000"]
+        + [f"train.max_minutes={args.early_seconds / 60 * 2}"],  # evaluations take about as long again
+    )
     ours = sorted(val_curve(early) + val_curve(shipped))
     reached = next((seconds for seconds, loss in ours if loss <= target), math.inf)
     start = next(e for e in shipped if e.get("start"))
@@ -82,13 +88,14 @@ def main() -> None:
     plot(seed, ours, target, reached, start["precision"], Path(args.plot))
 
 
-def plot(seed, ours, target, reached, precision, path: Path) -> None:
+def plot(seed, ours, target, reached, precision, path: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    seed, ours = [p for p in seed if p[0] > 0], [p for p in ours if p[0] > 0]  # a log axis has no 0 s
     ax.plot(*zip(*seed), "o-", ms=3, label="the seed's method (one-hot, 2 x 512, fp32)")
     ax.plot(*zip(*ours), "o-", ms=3, label=f"configs/shakespeare.yaml ({'bf16' if precision == 'bf16' else 'fp32'})")
     ax.axhline(target, color="gray", lw=0.8, ls="--")
@@ -97,7 +104,7 @@ def plot(seed, ours, target, reached, precision, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("seconds of training (log scale)")
     ax.set_ylabel("validation loss (nats / char)")
-    ax.set_title(machine(), fontsize=8)
+    ax.set_title(title or machine(), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

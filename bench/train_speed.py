@@ -1,4 +1,5 @@
-"""Training chars/s: our trainer (fp32, bf16, bf16 with locked dropout) against the seed's method, side by side.
+"""Training chars/s: our trainer (fp32, bf16, bf16 with locked dropout, bf16 with weight drop) against the seed's
+method, side by side.
 
 2 x 512 LSTM, batch 128 x sequence 100, dropout 0.5, clip 5, on Tiny Shakespeare. Each contender runs in
 a fresh process, in alternating rounds; the figure is the median over the measured steps of all rounds
@@ -57,6 +58,7 @@ def main() -> None:
         "charlstm fp32": [],
         "charlstm bf16": [],
         "charlstm bf16, locked dropout": [],
+        "charlstm bf16, weight drop 0.1": [],
     }
     for round_ in range(args.rounds):
         speeds["seed (one-hot, fp32)"] += run_json(
@@ -66,6 +68,8 @@ def main() -> None:
         speeds["charlstm bf16"] += ours(args.steps + WARMUP, "bf16")[WARMUP:]
         locked = ours(args.steps + WARMUP, "bf16", "model.locked_dropout=true")
         speeds["charlstm bf16, locked dropout"] += locked[WARMUP:]
+        dropped = ours(args.steps + WARMUP, "bf16", "model.weight_drop=0.1")
+        speeds["charlstm bf16, weight drop 0.1"] += dropped[WARMUP:]
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{k} {median(v):,.0f}" for k, v in speeds.items()))
     report("Training chars/s, 2x512, batch 128 x 100", speeds, "seed (one-hot, fp32)")
 

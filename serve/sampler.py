@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,10 @@ class Sampler:
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, spin: bool = True):
         self.session, self.vocab, self.config, self.metadata = load_model(path, device, threads, spin)
         self.index = {ch: i for i, ch in enumerate(self.vocab)}
+        # The Unicode form the corpus was put into; a model exported before the form was recorded: none.
+        self.normalize = self.metadata.get("normalize") or "none"
+        if self.normalize not in ("NFC", "NFKC", "none"):
+            raise SamplerError(f"{path}: unknown Unicode form {self.normalize!r} in its metadata")
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.layers, self.hidden = int(shapes["h"][0]), int(shapes["h"][2])
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
@@ -138,9 +143,12 @@ class Sampler:
     # ------------------------------------------------------------ text <-> ids
 
     def encode(self, text: str, unknown: str = "error") -> np.ndarray:
-        """Text -> ids. Characters outside the vocabulary: `error` names them, `skip` drops them."""
+        """Text -> ids, the text first put into the model's Unicode form. Characters outside the vocabulary:
+        `error` names them, `skip` drops them."""
         if unknown not in ("error", "skip"):
             raise SamplerError(f"unknown must be error or skip, got {unknown!r}")
+        if self.normalize != "none":
+            text = unicodedata.normalize(self.normalize, text)
         missing = sorted({ch for ch in text if ch not in self.index})
         if missing and unknown == "error":
             shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in missing[:10])

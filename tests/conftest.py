@@ -42,6 +42,7 @@ TINY = [
     "model.weight_drop=0",
     "model.locked_dropout=false",
     "data.val_fraction=0.1",
+    "train.sample_chars=200",  # on in every test run: it must change nothing in training
 ]
 EMPTY_CONFIG = DATA / "empty.yaml"  # for launchers that want a config file: the defaults, then TINY
 
@@ -72,6 +73,45 @@ def tiny_run(corpus_100k, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     assert run_train(f"data.path={corpus_100k}", f"out_dir={out}") == 0
     return out
+
+
+# A model that has learned something, for the parity tests: on a model that predicts little (a few distinct
+# characters), parity and greedy equality say little. Deterministic, about 10 s on 2 cores.
+TRAINED = [
+    "model.embed=32",
+    "model.hidden=128",
+    "model.dropout=0",
+    "train.batch_size=16",
+    "train.seq_len=64",
+    "train.lr=0.006",
+    "train.min_lr=0.0006",
+    "train.warmup_steps=10",
+    "train.max_steps=400",
+    "train.eval_every=200",
+    "train.save_every=200",
+]
+TRAINED_BAR = 2.3  # nats on the English text's validation split; a unigram model scores 3.24 there
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus_100k, tmp_path_factory) -> Path:
+    """TRAINED on the English text: its out_dir. Its validation loss is under TRAINED_BAR, or every test using
+    it fails here."""
+    from trainer.checkpoint import load_checkpoint
+
+    out = tmp_path_factory.mktemp("trained_run")
+    assert run_train(f"data.path={corpus_100k}", f"out_dir={out}", *TRAINED) == 0
+    val_loss = load_checkpoint(out / "ckpt.pt")["val_loss"]
+    assert val_loss < TRAINED_BAR, f"the fixture model reached only {val_loss:.3f} nats"
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_onnx(trained_run) -> Path:
+    from export.onnx import main
+
+    assert main([str(trained_run / "ckpt.pt")]) == 0
+    return trained_run / "ckpt.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -129,11 +169,24 @@ def start_events(out_dir: Path) -> list[dict]:
     return [e for e in events if e.get("start")]
 
 
-def assert_resumed(out_dir: Path, *from_steps: int) -> None:
-    """out_dir was trained from scratch, then resumed from exactly these steps, and no step was trained twice
-    (a seeded restart from step 0 reproduces an uninterrupted run bitwise, so equal weights alone prove
-    nothing about resuming)."""
-    assert [e["resumed_from"] for e in start_events(out_dir)] == [None, *from_steps]
+def assert_resumed(out_dir: Path, *from_steps: int, killed: bool = False) -> None:
+    """out_dir was trained from scratch, then resumed from exactly these steps, and each resumed launch trained
+    on from its step (a seeded restart from step 0 reproduces an uninterrupted run bitwise, so equal weights
+    alone prove nothing about resuming). Unless a launch was killed (kill -9 may cut it between logging a
+    step and saving it, so that step is rightly trained again), no step was trained twice."""
     events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    trained = [e["step"] for e in events if "train_loss" in e]
-    assert trained == sorted(set(trained)), "a step was trained twice"
+    starts = [i for i, e in enumerate(events) if e.get("start")]
+    assert [events[i]["resumed_from"] for i in starts] == [None, *from_steps]
+    for begin, end, step in zip(starts[1:], [*starts[2:], len(events)], from_steps):
+        trained = [e["step"] for e in events[begin:end] if "train_loss" in e]
+        assert trained and trained[0] > step and trained == sorted(set(trained)), f"the launch resumed at {step}"
+    if not killed:
+        trained = [e["step"] for e in events if "train_loss" in e]
+        assert trained == sorted(set(trained)), "a step was trained twice"
+
+
+def run_cli_background(*args: str) -> subprocess.Popen:
+    """A real process left running (python -m ...): for tests that act on a run while it trains."""
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )

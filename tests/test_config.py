@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from trainer.config import ConfigError, load_config
@@ -35,6 +37,8 @@ def test_defaults_yaml_and_overrides(tmp_path):
         ("train.temporal_reg=-0.5", "'train.temporal_reg' must be >= 0"),
         ("data.val_fraction=0", "'data.val_fraction' must be in"),
         ("train.mixed_precision=fp8", "'train.mixed_precision' must be auto, no, bf16 or fp16"),
+        ("train.log_with=mlflow", "'train.log_with' must be none, tensorboard, wandb or all"),
+        ("data.normalize=NFD", "'data.normalize' must be NFC, NFKC or none"),
         ("train.max_steps=soon", "'train.max_steps' must be an integer or auto"),
         ("train.max_steps=auto", "'train.max_steps' is auto: set train.max_minutes"),
         ("train.max_steps=0", "'train.max_steps' must be > 0"),
@@ -56,3 +60,42 @@ def test_bad_files(tmp_path):
     (tmp_path / "broken.yaml").write_text("model: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize(
+    ("script", "module"),
+    [
+        ("charlstm-train", "trainer.train"),
+        ("charlstm-export", "export.onnx"),
+        ("charlstm-sample", "serve.sample"),
+        ("charlstm-score", "serve.score"),
+    ],
+)
+def test_console_scripts(script, module):
+    """The console scripts of pyproject.toml run the same programs as `python -m`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.executable).parent / script
+    assert path.is_file(), f"{script} is not installed (pip install -e .)"
+    by_script = subprocess.run([str(path), "--help"], capture_output=True, text=True)
+    by_module = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert by_script.returncode == by_module.returncode == 0
+    assert by_script.stdout == by_module.stdout
+
+
+def test_readme_table_and_help_list_every_key_from_one_source():
+    """`--help` and the README's table both come from the dataclasses' own documentation: they cannot drift."""
+    import dataclasses
+
+    from trainer.config import Config, describe, help_text, markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme
+    keys = [key for key, _, _ in describe()]
+    expected = [f"{s}.{f.name}" for s in ("data", "model", "train") for f in dataclasses.fields(getattr(Config(), s))]
+    assert keys == [*expected, "out_dir"]
+    assert all(meaning for _, _, meaning in describe())  # every key documented
+    text = help_text()
+    assert all(key in text for key in keys) and "(default: auto)" in text

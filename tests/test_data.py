@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,15 +82,70 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("hello world\n" * 100, encoding="utf-8")
     load_corpus(str(path))
-    cached = sorted((tmp_path / ".charlstm").glob("*.ids.npy"))
-    assert len(cached) == 1
-    mtime = cached[0].stat().st_mtime_ns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # nothing beside the corpus
+    cached = sorted((data.user_cache_dir() / "ids").glob("*.ids.npy"))
+    mtimes = {p: p.stat().st_mtime_ns for p in cached}
     assert isinstance(load_corpus(str(path)).ids, np.memmap)
-    assert cached[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in cached} == mtimes  # reused, not rebuilt
     path.write_text("другой текст\n" * 100, encoding="utf-8")
     corpus = load_corpus(str(path))
     assert corpus.decode(corpus.ids) == "другой текст\n" * 100
-    assert len(list((tmp_path / ".charlstm").glob("*.ids.npy"))) == 2
+    assert len(list((data.user_cache_dir() / "ids").glob("*.ids.npy"))) == len(cached) + 1
+    moved = load_corpus(str(path), cache_dir=tmp_path / "elsewhere")  # data.cache_dir
+    assert str(moved.ids.filename).startswith(str(tmp_path / "elsewhere" / "ids"))
+
+
+def damage_ids_truncated(ids: Path, record: Path) -> None:
+    ids.write_bytes(ids.read_bytes()[:-7])
+
+
+def damage_ids_in_range(ids: Path, record: Path) -> None:
+    """Bytes changed to other valid ids: without a digest this would train on wrong text unnoticed."""
+    payload = bytearray(ids.read_bytes())
+    payload[-1], payload[-2] = payload[-2], payload[-1] ^ 1
+    ids.write_bytes(bytes(payload))
+
+
+def damage_ids_out_of_range(ids: Path, record: Path) -> None:
+    payload = bytearray(ids.read_bytes())
+    payload[-3:] = b"\xff\xff\xff"
+    ids.write_bytes(bytes(payload))
+
+
+def damage_record_garbled(ids: Path, record: Path) -> None:
+    record.write_text('{"vocab": {"a": 1}, "corpus_sha256": 3}', encoding="utf-8")
+
+
+def damage_record_vocab_changed(ids: Path, record: Path) -> None:
+    content = json.loads(record.read_text(encoding="utf-8"))
+    content["vocab"][0], content["vocab"][1] = content["vocab"][1], content["vocab"][0]
+    record.write_text(json.dumps(content), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        damage_ids_truncated,
+        damage_ids_in_range,
+        damage_ids_out_of_range,
+        damage_record_garbled,
+        damage_record_vocab_changed,
+    ],
+)
+def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
+    path = tmp_path / "text.txt"
+    text = "Una señora muy señora, ¿verdad? 🙂\n" * 40
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    ids_path = Path(corpus.ids.filename)
+    damage(ids_path, ids_path.with_name(ids_path.name.replace(".ids.npy", ".json")))
+    del corpus
+    capsys.readouterr()
+    rebuilt = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    assert rebuilt.decode(rebuilt.ids) == text
+    assert "is damaged; rebuilding it" in capsys.readouterr().err
+    load_corpus(str(path), cache_dir=tmp_path / "cache")
+    assert capsys.readouterr().err == ""  # whole again
 
 
 def test_not_utf8_names_the_byte_offset(tmp_path, monkeypatch):
@@ -108,8 +166,8 @@ def test_empty_and_missing_files(tmp_path):
         load_corpus(str(tmp_path / "empty.txt"))
     with pytest.raises(UserError, match="does not exist"):
         load_corpus(str(tmp_path / "nope.txt"))
-    with pytest.raises(UserError, match="not a file"):
-        load_corpus(str(tmp_path))
+    with pytest.raises(UserError, match="its files hold no text"):
+        load_corpus(str(tmp_path))  # a folder: its files joined, and its one file is empty
 
 
 def test_python_stdlib_builtin():
@@ -139,3 +197,35 @@ def test_read_only_corpus_folder_uses_the_user_cache(tmp_path):
         assert corpus.decode(corpus.ids) == "read-only corpus ñ\n" * 50
     finally:
         folder.chmod(0o755)
+
+
+def test_a_folder_or_a_glob_is_its_files_joined(tmp_path):
+    """Every file under a folder (recursively, hidden ones aside) or matched by a glob, in sorted path order,
+    joined with a blank line; cached by content."""
+    (tmp_path / "books" / "part2").mkdir(parents=True)
+    (tmp_path / "books" / "a.txt").write_text("Capítulo uno.\n", encoding="utf-8")
+    (tmp_path / "books" / "part2" / "b.txt").write_text("Capítulo dos 🙂", encoding="utf-8")
+    (tmp_path / "books" / ".notes.txt").write_text("private", encoding="utf-8")
+    joined = "Capítulo uno.\n" + data.FILE_SEPARATOR + "Capítulo dos 🙂"
+    folder = load_corpus(str(tmp_path / "books"))
+    assert folder.decode(folder.ids) == joined
+    matched = load_corpus(str(tmp_path / "books" / "**" / "*.txt"))
+    assert matched.decode(matched.ids) == joined and matched.sha256 == folder.sha256
+    only_a = load_corpus(str(tmp_path / "books" / "a*"))
+    assert only_a.decode(only_a.ids) == "Capítulo uno.\n"
+    (tmp_path / "books" / "a.txt").write_text("Capítulo uno, otra vez.\n", encoding="utf-8")
+    changed = load_corpus(str(tmp_path / "books"))
+    assert changed.sha256 != folder.sha256 and changed.decode(changed.ids).startswith("Capítulo uno, otra vez.")
+
+
+def test_folders_and_globs_that_cannot_train(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="the folder .* has no files"):
+        load_corpus(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="the glob .* matches no file"):
+        load_corpus(str(tmp_path / "*.nothing"))
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "text.txt").write_text("fine\n", encoding="utf-8")
+    (tmp_path / "mixed" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(UserError, match=r"image\.png is not UTF-8 text \(invalid byte 0x89 at byte offset 0\)"):
+        load_corpus(str(tmp_path / "mixed"))

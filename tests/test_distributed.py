@@ -140,33 +140,122 @@ def wait_for_step(out, step: int, process, timeout: float = 120) -> None:
 
 
 LONG = [
-    "train.max_steps=300",
-    "train.decay_steps=300",
-    "train.eval_every=100",
-    "train.save_every=100",
+    "train.max_steps=120",
+    "train.decay_steps=120",
+    "train.eval_every=50",
+    "train.save_every=50",
     "train.log_every=1",
     "model.dropout=0.1",
 ]
 
 
-def test_sigterm_saves_exits_zero_and_resumes(data, tmp_path):
-    """SIGTERM to a 2-process run: the current step finishes, ckpt.pt is written, exit 0 with one line;
-    rerunning ends with the same weights as an uninterrupted run."""
-    cmd, env = launch_cmd(2, tmp_path / "stopped", data, *LONG)
+@pytest.fixture(scope="module")
+def two_processes_long(data, tmp_path_factory):
+    """LONG on 2 processes, uninterrupted: what the interrupted runs must end with, bitwise."""
+    out = tmp_path_factory.mktemp("two_processes_long")
+    return launch_ok(2, out, data, *LONG)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_exits_zero_and_resumes(data, tmp_path, two_processes_long, stop):
+    """SIGTERM, or SIGINT (Ctrl-C), to a 2-process run: the current step finishes, ckpt.pt is written, exit 0
+    with one line; rerunning resumes there and ends with the same weights as an uninterrupted run."""
+    cmd, env = launch_cmd(2, tmp_path, data, *LONG)
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(tmp_path / "stopped", 30, process)
-    process.send_signal(signal.SIGTERM)
+    wait_for_step(tmp_path, 30, process)
+    process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-2000:]
     last = stdout.strip().splitlines()[-1]
-    assert last.startswith("charlstm: stopped by SIGTERM after step") and "rerun to resume" in last
-    stopped_at = load_checkpoint(tmp_path / "stopped" / "ckpt.pt")["step"]
-    assert 30 <= stopped_at < 300
-    resumed = launch_ok(2, tmp_path / "stopped", data, *LONG)
-    assert_resumed(tmp_path / "stopped", stopped_at)
-    straight = launch_ok(2, tmp_path / "straight", data, *LONG)
-    for key in straight["model"]:
-        assert torch.equal(straight["model"][key], resumed["model"][key]), key
+    assert last.startswith(f"charlstm: stopped by {stop.name} after step") and "rerun to resume" in last
+    stopped_at = load_checkpoint(tmp_path / "ckpt.pt")["step"]
+    assert 30 <= stopped_at < 120
+    resumed = launch_ok(2, tmp_path, data, *LONG)
+    assert_resumed(tmp_path, stopped_at)
+    for key in two_processes_long["model"]:
+        assert torch.equal(two_processes_long["model"][key], resumed["model"][key]), key
+
+
+def test_kill9_of_a_two_process_run(data, tmp_path, two_processes_long):
+    """kill -9 of every process of a 2-process run that saves every step: ckpt.pt loads, and the rerun resumes
+    from it and ends bitwise equal to the uninterrupted 2-process run."""
+    cmd, env = launch_cmd(2, tmp_path, data, *LONG, "train.save_every=1")
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(tmp_path, 40, process)
+    subprocess.run(["pkill", "-9", "-f", f"out_dir={tmp_path}"], check=False)  # launcher, torchrun, workers
+    process.wait(timeout=60)
+    killed_at = load_checkpoint(tmp_path / "ckpt.pt")["step"]
+    assert killed_at >= 39
+    resumed = launch_ok(2, tmp_path, data, *LONG, "train.save_every=1")
+    assert_resumed(tmp_path, killed_at, killed=True)
+    assert not list(tmp_path.glob(".*.tmp"))
+    for key in two_processes_long["model"]:
+        assert torch.equal(two_processes_long["model"][key], resumed["model"][key]), key
+
+
+def test_grad_accum_on_two_processes(one_process, data, tmp_path):
+    """Micro-batches under DDP (no_sync until the last): the same step as one process without them."""
+    assert_close_params(
+        load_checkpoint(one_process / "ckpt.pt"), launch_ok(2, tmp_path, data, *SCHEDULE, "train.grad_accum=2")
+    )
+
+
+def test_max_minutes_stops_both_processes_together(data, tmp_path):
+    """The main process's clock decides, and both processes stop after the same step, evaluate and save."""
+    result = launch(2, tmp_path, data, *LONG, "train.max_steps=100000", "train.max_minutes=0.03")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(stopped by train.max_minutes=0.03)" in result.stdout.strip().splitlines()[-1]
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert 1 <= ckpt["step"] < 100000 and ckpt["val_loss"] is not None
+
+
+def test_max_steps_auto_on_two_processes(data, tmp_path):
+    """The main process times the steps and fixes the total; both processes plan, revise and end together."""
+    result = launch(2, tmp_path, data, "train.max_steps=auto", "train.max_minutes=0.2", "train.eval_every=100")
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    plans = [e for e in events if "seconds_per_step" in e]
+    assert plans and plans[0]["revised"] is None
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == ckpt["max_steps"] == plans[-1]["max_steps"]
+
+
+def test_non_finite_skip_is_agreed(data, tmp_path):
+    """NaN in the carried state of the streams of process 1 only: process 0's loss is finite, yet both skip the
+    step together (and zero their state), so 2 processes still end where 1 process ends."""
+    launch_ok(1, tmp_path / "base", data, *SCHEDULE, "train.max_steps=10")
+    ckpt = load_checkpoint(tmp_path / "base" / "ckpt.pt")
+    ckpt["streams"]["h"][4:] = float("nan")  # streams 4..7: those of process 1 of 2
+    ends = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"on{nproc}"
+        out.mkdir()
+        torch.save(ckpt, out / "ckpt.pt")
+        ends[nproc] = launch_ok(nproc, out, data, *SCHEDULE)
+        events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in events if "skipped" in e] == [10]
+    assert ends[1]["step"] == ends[2]["step"] == 20
+    assert_close_params(ends[1], ends[2])
+
+
+def test_two_machines_on_loopback(one_process, data, tmp_path):
+    """NNODES=2: two launch.sh processes (node ranks 0 and 1, one process each) on 127.0.0.1 compute what one
+    process computes."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = []
+    for rank in (0, 1):
+        cmd, env = launch_cmd(1, tmp_path, data, *SCHEDULE)
+        env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr.decode()[-2000:]
+    assert [e["processes"] for e in start_events(tmp_path)] == [2]
+    assert_close_params(load_checkpoint(one_process / "ckpt.pt"), load_checkpoint(tmp_path / "ckpt.pt"))
 
 
 def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
@@ -195,7 +284,7 @@ def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
     assert [e["resumed_from"] for e in start_events(tmp_path / "killed")] == [None, *killed_at]
     resumed = load_checkpoint(tmp_path / "killed" / "ckpt.pt")
     straight = load_checkpoint(tmp_path / "straight" / "ckpt.pt")
-    assert resumed["step"] == straight["step"] == 300
+    assert resumed["step"] == straight["step"] == 120
     for key in straight["model"]:
         assert torch.equal(straight["model"][key], resumed["model"][key]), key
     assert not list((tmp_path / "killed").glob(".*.tmp"))  # leftovers of cut saves are cleaned up

@@ -21,14 +21,15 @@ def torch_model(run_dir):
 
 
 @pytest.mark.parametrize("batch", [1, 4, 32])
-def test_parity_with_pytorch_step(tiny_run, tiny_onnx, corpus_100k, batch):
-    """One exported file (dynamic batch) against the PyTorch step: logits and state, 120 characters."""
-    model, ckpt = torch_model(tiny_run)
+def test_parity_with_pytorch_step(trained_run, trained_onnx, corpus_100k, batch):
+    """One exported file (dynamic batch) against the PyTorch step: logits and state, 120 characters, on a model
+    that has learned the text (conftest.TRAINED)."""
+    model, ckpt = torch_model(trained_run)
     index = {ch: i for i, ch in enumerate(ckpt["vocab"])}
     text = corpus_100k.read_text(encoding="utf-8")[:20_000]
     ids = np.array([index[ch] for ch in text], dtype=np.int64)
     offsets = np.arange(batch) * (len(ids) // batch - 200)
-    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(trained_onnx), providers=["CPUExecutionProvider"])
     h_t, c_t = model.zero_state(batch)
     h_o, c_o = h_t.numpy(), c_t.numpy()
     worst = 0.0
@@ -114,19 +115,28 @@ def test_unicode_vocabulary(spanish_onnx):
     assert all(len(ch) == 1 for ch in vocab)
 
 
-def test_int8(tiny_run, tiny_onnx, tmp_path, capsys, corpus_100k):
+def test_int8(trained_run, trained_onnx, tmp_path, capsys, corpus_100k):
     out = tmp_path / "m.int8.onnx"
-    assert export_main([str(tiny_run / "ckpt.pt"), "--int8", "-o", str(out), "--eval-text", str(corpus_100k)]) == 0
+    ckpt = str(trained_run / "ckpt.pt")
+    assert export_main([ckpt, "--int8", "-o", str(out), "--eval-text", str(corpus_100k)]) == 0
     report = capsys.readouterr().out
     line = next(x for x in report.splitlines() if x.startswith("int8:"))
     change = float(line.split("(")[1].split("%")[0])
     assert change <= 2.0
-    fp32_size = (tiny_run / "ckpt.onnx").stat().st_size
+    fp32_size = trained_onnx.stat().st_size
     assert out.stat().st_size < 0.6 * fp32_size  # matrices in int8; the small (V, 4H) table and biases stay fp32
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
     meta = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
     assert meta["format"] == "charlstm-cell/1"
+
+    # a limit just under the measured change: refused in one line, and the file already there is kept
+    before = out.read_bytes()
+    limit = f"{change - 0.01:.2f}"
+    assert export_main([ckpt, "--int8", "-o", str(out), "--eval-text", str(corpus_100k), "--int8-limit", limit]) == 2
+    assert f"over --int8-limit {float(limit):g}%" in one_line_error(capsys.readouterr().err)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx"]  # no temp files left
 
 
 def test_reads_a_bf16_checkpoint(corpus_100k, tmp_path):
@@ -203,6 +213,20 @@ def test_failed_verification_leaves_nothing(tiny_run, tmp_path, capsys, monkeypa
     assert "export failed verification" in one_line_error(capsys.readouterr().err)
     assert out.read_bytes() == b"an older export that must survive"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp files left
+
+
+def test_greedy_self_check_catches_a_diverging_model(trained_run, trained_onnx, corpus_100k, monkeypatch):
+    """The greedy check on its own: a PyTorch model whose head favours one character more than the exported
+    file's does picks other characters, and verify names where (parity is switched off to reach it)."""
+    model, ckpt = torch_model(trained_run)
+    with torch.no_grad():
+        model.head.bias[ckpt["vocab"].index("e")] += 3.0
+    monkeypatch.setattr(export_onnx, "PARITY_TOLERANCE", float("inf"))
+    text = corpus_100k.read_text(encoding="utf-8")[:5000]
+    with pytest.raises(export_onnx.UserError, match="greedy text differs from PyTorch at character"):
+        export_onnx.verify(trained_onnx, model, ckpt["vocab"], text)
+    model, _ = torch_model(trained_run)
+    assert "greedy 500 chars: identical to PyTorch" in export_onnx.verify(trained_onnx, model, ckpt["vocab"], text)
 
 
 def test_spanish_corpus_present():

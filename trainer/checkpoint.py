@@ -44,6 +44,7 @@ class _Required(TypedDict):
 class Checkpoint(_Required, total=False):
     """Written by every save; a checkpoint from outside charlstm may hold only the required keys."""
 
+    normalize: str  # the Unicode form (NFC, NFKC, none) the corpus was put into before `vocab` was built
     optimizer: dict[str, Any]  # AdamW's state_dict
     best_val_loss: float  # the best validation loss so far (best.pt holds those weights)
     train_seconds: float  # seconds of training so far (evaluations and saves not counted); for the record

@@ -6,12 +6,17 @@ ConfigError naming the key, which the CLI prints as one line.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
 import math
 import re
+import textwrap
+import tokenize
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +56,16 @@ class ConfigError(UserError):
 @dataclass
 class DataConfig:
     path: str = "tinyshakespeare"
-    """A UTF-8 text file, `tinyshakespeare` (downloaded once, sha256-checked) or `builtin:python-stdlib`."""
+    """a UTF-8 text file, a folder (its files joined), a glob, `tinyshakespeare` (downloaded once,
+    sha256-checked) or `builtin:python-stdlib`"""
     val_fraction: float = 0.1
-    """The LAST this fraction of the corpus is the validation split; training uses what comes before."""
+    """the LAST this fraction of the corpus is the validation split; training uses what comes before"""
+    normalize: str = "NFC"
+    """Unicode form the text is put into before its vocabulary is built: `NFC`, `NFKC` or `none` (the code
+    points as they are); stored with the vocabulary, and samplers put a prime into the same form"""
+    cache_dir: str | None = None
+    """where the encoded corpus is cached (in its ids/ folder); none = $XDG_CACHE_HOME/charlstm, else
+    ~/.cache/charlstm"""
 
 
 @dataclass
@@ -77,21 +89,25 @@ class TrainConfig:
     beta2: float = 0.99  # AdamW second-moment decay (beta1 is 0.9)
     max_steps: int | str = 2000  # total optimizer steps (a resumed run counts from its checkpoint); `auto` (with
     # max_minutes): time the first steps, then fix the total so the schedule ends inside the budget
-    decay_steps: int | None = None  # cosine horizon; None = max_steps (set it to extend a run on the same schedule)
+    decay_steps: int | None = None  # cosine horizon; none = max_steps (set it to extend a run on the same schedule)
     grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
     grad_accum: int = 1  # split each process's streams into this many micro-batches per step
-    ema_decay: float = 0.0  # 0 = off; else evaluate, keep best and export an average of the weights
+    ema_decay: float = 0.0  # weight averaging: evaluate, keep and export a moving average of the weights; 0 = off
     state_reset: float = 0.01  # chance, per stream and window, of starting from a zero state as sampling does
     activation_reg: float = 0.0  # AR (AWD-LSTM): adds this x mean(h^2) of the last layer's output to the loss
     temporal_reg: float = 0.0  # TAR (AWD-LSTM): adds this x mean((h_t - h_{t-1})^2) of the same output
     input_noise: float = 0.0  # chance, per input character, of replacing it by a uniformly drawn one (targets kept)
     seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
     eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
+    sample_chars: int = 200  # at each evaluation, sample this many characters (top-k 5, fixed seed); 0 = off
+    sample_prime: str | None = None  # the samples' prime; none = the first line of the validation split
     save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
     log_every: int = 10  # log train loss and speed every this many steps
     mixed_precision: str = "auto"  # `auto`: what the hardware runs natively (trainer/precision.py); `no` (fp32),
     # `bf16` (a GPU with bf16, or a CPU with AVX-512 BF16 or AMX) or `fp16` (CUDA only, loss scaling)
-    max_minutes: float | None = None  # optional wall-clock budget; the run stops with a final eval and save
+    max_minutes: float | None = None  # wall-clock budget in minutes: the run stops with a final eval and save
+    log_with: str = "none"  # trackers beside metrics.jsonl, through accelerate: none, tensorboard, wandb or all
+    init_from: str | None = None  # a ckpt.pt or best.pt whose weights a new run starts from (fine-tuning)
 
 
 @dataclass
@@ -99,7 +115,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out_dir: str = "runs/default"  # run directory: ckpt.pt, best.pt, metrics.jsonl, config.yaml, loss.png
+    out_dir: str = "runs/default"  # the run directory: ckpt.pt, best.pt, metrics.jsonl, config.yaml, loss.png
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,6 +191,7 @@ def validate(cfg: Config) -> None:
         "train.grad_clip": cfg.train.grad_clip,
         "train.seed": cfg.train.seed,
         "train.activation_reg": cfg.train.activation_reg,
+        "train.sample_chars": cfg.train.sample_chars,
         "train.temporal_reg": cfg.train.temporal_reg,
     }
     for key, value in non_negative.items():
@@ -193,6 +210,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
     if not 0.0 < cfg.train.beta2 < 1.0:
         raise ConfigError(f"config key 'train.beta2' must be in (0, 1), got {cfg.train.beta2}")
+    _validate_choices(cfg)
+
+
+def _validate_choices(cfg: Config) -> None:
+    """The keys that take one of a few words, and the combinations of keys."""
+    if cfg.train.log_with not in ("none", "tensorboard", "wandb", "all"):
+        raise ConfigError(
+            f"config key 'train.log_with' must be none, tensorboard, wandb or all, got {cfg.train.log_with!r}"
+        )
+    if cfg.data.normalize not in ("NFC", "NFKC", "none"):
+        raise ConfigError(f"config key 'data.normalize' must be NFC, NFKC or none, got {cfg.data.normalize!r}")
     if cfg.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(
             f"config key 'train.mixed_precision' must be auto, no, bf16 or fp16, got {cfg.train.mixed_precision!r}"
@@ -257,3 +285,72 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the keys, documented from one source
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation as written in the class: the docstring under it, else its trailing comment
+    and the comment lines that continue it. `--help` and the README's table both come from here."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for i, node in enumerate(body):
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        after = body[i + 1] if i + 1 < len(body) else None
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+            continue
+        parts, line = [comments.get(node.lineno, "")], node.end_lineno + 1
+        while line <= len(lines) and lines[line - 1].strip().startswith("#"):
+            parts.append(comments[line])
+            line += 1
+        docs[node.target.id] = " ".join(part for part in parts if part)
+    return docs
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(key, default, meaning) of every config key, in the order of the dataclasses."""
+    rows = []
+    defaults = Config()
+    for section in ("data", "model", "train"):
+        values = getattr(defaults, section)
+        docs = field_docs(type(values))
+        rows += [(f"{section}.{f.name}", format_value(getattr(values, f.name)), docs[f.name]) for f in fields(values)]
+    rows.append(("out_dir", defaults.out_dir, field_docs(Config)["out_dir"]))
+    return rows
+
+
+def help_text() -> str:
+    """Every config key with its default and meaning, for `python -m trainer.train --help`."""
+    width = max(len(key) for key, _, _ in describe())
+    return "\n".join(f"  {key:<{width}}  {meaning} (default: {default})" for key, default, meaning in describe())
+
+
+def markdown_table() -> str:
+    """The README's configuration table: `python -m trainer.config` prints it."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{default}` | {meaning} |" for key, default, meaning in describe()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -77,8 +77,8 @@ def choose_precision(requested: str, device: str) -> Precision:
     return Precision(requested, "as configured", requested == "bf16" and device == "cuda")
 
 
-def make_accelerator(cfg: Config):
-    """(Accelerator, Precision) for this run."""
+def make_accelerator(cfg: Config, trackers: list[str] | None = None):
+    """(Accelerator, Precision) for this run; `trackers` (tensorboard, wandb) log into out_dir."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -88,4 +88,10 @@ def make_accelerator(cfg: Config):
     # may ask for another precision, so start from a clean one.
     AcceleratorState._reset_state(reset_partial_state=True)
     # cpu=True on a CPU-only machine: that is what makes accelerate join a torchrun process group (gloo)
-    return Accelerator(mixed_precision=precision.mode, cpu=device == "cpu"), precision
+    accelerator = Accelerator(
+        mixed_precision=precision.mode,
+        cpu=device == "cpu",
+        log_with=trackers or None,
+        project_dir=cfg.out_dir if trackers else None,
+    )
+    return accelerator, precision

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,9 @@ class Run:
     max_steps: int | None = None  # the total; None until train.max_steps=auto has timed the first steps
     resumed_from: int | None = None  # the step of the checkpoint this process started from
     train_seconds: float = 0.0  # wall-clock seconds of training steps so far, evaluations and saves not counted
+    lock: object = None  # the main process's open out_dir/.lock, locked while the run lives
+    sample_prime: str = "\n"  # what the samples at evaluations start from (train.sample_prime)
+    last_sample: str = ""  # the text sampled at the last evaluation (main process)
 
     @property
     def device(self) -> torch.device:
@@ -95,7 +100,8 @@ class Run:
     @classmethod
     def start(cls, cfg: Config) -> Run:
         """Everything a run needs, from scratch or resumed from out_dir/ckpt.pt; UserError on bad input."""
-        accelerator, precision = make_accelerator(cfg)
+        trackers = available_trackers(cfg.train.log_with)
+        accelerator, precision = make_accelerator(cfg, trackers)
         processes, rank = accelerator.num_processes, accelerator.process_index
         t = cfg.train
         if t.batch_size % processes:
@@ -104,21 +110,19 @@ class Run:
         if local_batch % t.grad_accum:
             raise UserError(f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process")
         with accelerator.main_process_first():  # rank 0 encodes and caches the corpus, the others reuse it
-            corpus = load_corpus(cfg.data.path)
+            corpus = load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.normalize)
+        corpus, init = fine_tuning(cfg, corpus)
         train_ids, val_ids = split(corpus.ids, cfg.data.val_fraction)
         paths = RunPaths(Path(cfg.out_dir))
         if paths.out_dir.exists() and not paths.out_dir.is_dir():
             raise UserError(f"out_dir {str(paths.out_dir)!r} exists and is not a folder")
         ckpt = load_checkpoint(paths.ckpt) if paths.ckpt.exists() else None
         if ckpt is not None:
-            check_resumable(ckpt, cfg, corpus.vocab, paths.ckpt)
+            check_resumable(ckpt, cfg, corpus, paths.ckpt)
 
-        torch.manual_seed(t.seed)
-        model = build_model(len(corpus.vocab), cfg.model, precision.fp32_lstm).to(accelerator.device)
-        average = None
-        if t.ema_decay > 0:
-            average = WeightAverage(build_model(len(corpus.vocab), cfg.model, precision.fp32_lstm), t.ema_decay)
-            average.model.load_state_dict(model.state_dict())
+        model, average = build_models(cfg, len(corpus.vocab), precision, init if ckpt is None else None)
+        model.to(accelerator.device)
+        if average is not None:
             average.model.to(accelerator.device)
         optimizer = make_optimizer(model, cfg, accelerator.device)
         wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -139,9 +143,13 @@ class Run:
             max_steps=t.max_steps if isinstance(t.max_steps, int) else None,
         )
         run.h, run.c = run.bare.zero_state(local_batch, accelerator.device)
+        run.sample_prime = choose_prime(t.sample_prime, corpus, val_ids)
         if ckpt is not None:
             run.load_state_dict(ckpt)
         run._prepare_out_dir()
+        if trackers:  # the resolved config, flat, as the trackers' hyperparameters
+            flat = flatten(cfg.to_dict())
+            accelerator.init_trackers("charlstm", config={k: v if v is not None else "none" for k, v in flat.items()})
         return run
 
     def state_dict(self, val_loss: float | None) -> Checkpoint:
@@ -152,6 +160,7 @@ class Run:
             "format": FORMAT,
             "model": self.evaluated.state_dict(),
             "vocab": self.corpus.vocab,
+            "normalize": self.cfg.data.normalize,
             "config": self.cfg.to_dict(),
             "step": self.step,
             "val_loss": val_loss,
@@ -186,42 +195,70 @@ class Run:
             setattr(self, name, mine.to(self.device))
 
     def _prepare_out_dir(self) -> None:
-        if not self.is_main:
-            return
-        try:
-            self.paths.out_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(self.paths.out_dir)  # saves cut short by kill -9; the files beside them are whole
-            save_config(self.cfg, self.paths.out_dir / "config.yaml")
-        except OSError as e:
-            raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
+        """Take out_dir for this run (one run at a time), then clean it up and write config.yaml. Collective."""
+        holder = None
+        if self.is_main:
+            try:
+                self.paths.out_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = open(self.paths.out_dir / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
+                holder = take_lock(self.lock)
+            except OSError as e:
+                raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
+        busy = torch.tensor(float(holder is not None), device=self.device)
+        if self.accelerator.num_processes > 1:
+            busy = self.accelerator.reduce(busy, reduction="sum")  # every process stops, not only the main one
+        if busy.item() > 0:
+            raise UserError(
+                f"out_dir {str(self.paths.out_dir)!r} is in use by another run"
+                + (f" (process {holder})" if holder else "")
+                + ": wait for it to end, or use another out_dir"
+            )
+        if self.is_main:
+            try:
+                remove_stale_temps(self.paths.out_dir)  # saves cut short by kill -9; the files beside them are whole
+                save_config(self.cfg, self.paths.out_dir / "config.yaml")
+            except OSError as e:
+                raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
 
     # ------------------------------------------------------------ saving, evaluating, logging
 
     def save(self, path: Path, val_loss: float | None) -> None:
         ckpt = self.state_dict(val_loss)  # collective: every process takes part
+        if not all(torch.isfinite(p).all() for p in self.bare.parameters()):  # the same on every process
+            raise TrainingError("the weights are not finite; refusing to write a checkpoint")
         if not self.is_main:
             return
-        if not all(torch.isfinite(p).all() for p in self.bare.parameters()):
-            raise TrainingError("the weights are not finite; refusing to write a checkpoint")
         try:
             save_checkpoint(path, ckpt)
         except OSError as e:  # disk full, folder removed...: the previous file is still whole
             raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
     def evaluate(self) -> float:
-        """The validation loss of `evaluated`, logged; a new best is saved as best.pt."""
+        """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt."""
         val = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
-        self.log({"step": self.step, "val_loss": val, "val_bpc": val / LN2, "train_seconds": self.train_seconds})
+        event = {"step": self.step, "val_loss": val, "val_bpc": val / LN2, "train_seconds": self.train_seconds}
+        self.last_sample = ""
+        if self.is_main and self.cfg.train.sample_chars > 0:
+            clock = time.monotonic()
+            self.last_sample = sample_text(self.evaluated, self.corpus.vocab, self.sample_prime, self.cfg.train)
+            event |= {"sample": self.last_sample, "sample_seconds": time.monotonic() - clock}
+        self.log(event)
         if val < self.best_val:
             self.best_val = val
             self.save(self.paths.best, val)
         return val
 
     def log(self, event: dict) -> None:
-        """Append one event to metrics.jsonl (main process only)."""
+        """Append one event to metrics.jsonl (main process only), the source of truth; its numbers also go to
+        the trackers of train.log_with."""
         if self.is_main:
             with open(self.paths.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")
+        if self.accelerator.trackers:
+            numbers = {k: v for k, v in event.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numbers.pop("step", None)
+            if numbers:
+                self.accelerator.log(numbers, step=event["step"])
 
     def say(self, line: str) -> None:
         """One line for the user on stderr, from the main process."""
@@ -232,12 +269,122 @@ class Run:
 # ---------------------------------------------------------------- helpers of Run.start and Run.evaluate
 
 
-def check_resumable(ckpt: Checkpoint, cfg: Config, vocab: list[str], path: Path) -> None:
+def build_models(
+    cfg: Config, vocab_size: int, precision: Precision, init: Checkpoint | None
+) -> tuple[CharLSTM, WeightAverage | None]:
+    """The model, seeded (or from train.init_from's weights), and its weight average when train.ema_decay."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(vocab_size, cfg.model, precision.fp32_lstm)
+    if init is not None:
+        load_init_weights(model, init, cfg.train.init_from)
+    average = None
+    if cfg.train.ema_decay > 0:
+        average = WeightAverage(build_model(vocab_size, cfg.model, precision.fp32_lstm), cfg.train.ema_decay)
+        average.model.load_state_dict(model.state_dict())
+    return model, average
+
+
+def fine_tuning(cfg: Config, corpus: Corpus) -> tuple[Corpus, Checkpoint | None]:
+    """With train.init_from: its checkpoint, and the corpus with ids into its vocabulary followed by the
+    characters the new text adds (characters only the old text had stay). Its model shape must match."""
+    if cfg.train.init_from is None:
+        return corpus, None
+    path = Path(cfg.train.init_from)
+    init = load_checkpoint(path)
+    for key in ("embed", "hidden", "layers"):
+        before, now = init["config"].get("model", {}).get(key), getattr(cfg.model, key)
+        if before != now:
+            raise UserError(f"train.init_from {path} has model.{key}={before}, this config says {now}: they must match")
+    added = sorted(set(corpus.vocab) - set(init["vocab"]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = " ".join(repr(ch) for ch in added[:20]) + (" ..." if len(added) > 20 else "")
+        print(f"charlstm: init_from {path} (step {init['step']}): {len(added)} characters added to its "
+              f"{len(init['vocab'])}" + (f": {shown}" if added else ""), file=sys.stderr)  # fmt: skip
+    return corpus.with_vocab(init["vocab"] + added), init
+
+
+def load_init_weights(model: CharLSTM, init: Checkpoint, path: str) -> None:
+    """The init checkpoint's weights (`model`: what it evaluated and exported) into a freshly initialized model
+    whose vocabulary may be longer: the rows of the added characters (embedding, head weight and bias) keep
+    the fresh model's initialization, like a new model's; every other weight is the checkpoint's."""
+    own = model.state_dict()
+    rows = len(init["vocab"])
+    for key, value in init["model"].items():
+        if key not in own:
+            raise UserError(f"train.init_from {path}: its weights do not fit this model ({key})")
+        if key in ("embed.weight", "head.weight", "head.bias"):
+            own[key][:rows] = value
+        else:
+            own[key].copy_(value)
+    model.load_state_dict(own)
+
+
+def available_trackers(log_with: str) -> list[str]:
+    """The trackers of train.log_with that can run here; for each one that cannot, one line says why."""
+    import importlib.util
+
+    wanted = {"none": [], "all": ["tensorboard", "wandb"]}.get(log_with, [log_with])
+    ready = []
+    for name in wanted:
+        if importlib.util.find_spec(name) is None:
+            extra = "pip install 'charlstm[tensorboard]'" if name == "tensorboard" else "pip install wandb"
+            why = f"{name} is not installed ({extra})"
+        elif name == "wandb" and not wandb_logged_in():
+            why = "wandb is not logged in (wandb login)"
+        else:
+            ready.append(name)
+            continue
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"charlstm: train.log_with={log_with}: {why}; metrics.jsonl only", file=sys.stderr)
+    return ready
+
+
+def wandb_logged_in() -> bool:
+    import wandb
+
+    return bool(os.environ.get("WANDB_API_KEY") or wandb.api.api_key)
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 3e-3}} -> {"train.lr": 3e-3}"""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def take_lock(file) -> str | None:
+    """Lock an out_dir's .lock file for this process (flock: the OS drops it when the process ends, even by
+    kill -9, so no stale lock survives). None when taken; else the pid written by the run that holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        return file.read().strip()
+    file.seek(0)
+    file.truncate()
+    file.write(str(os.getpid()))
+    file.flush()
+    return None
+
+
+def check_resumable(ckpt: Checkpoint, cfg: Config, corpus: Corpus, path: Path) -> None:
     """Refuse, naming the difference, a checkpoint that does not fit this run; nothing gets overwritten."""
-    if ckpt["vocab"] != vocab:
+    if ckpt["vocab"] != corpus.vocab:
         raise UserError(
             f"{path} was trained on a different vocabulary ({len(ckpt['vocab'])} characters, this corpus has "
-            f"{len(vocab)}): use another out_dir"
+            f"{len(corpus.vocab)}): use another out_dir"
+        )
+    if ckpt.get("corpus_sha256", corpus.sha256) != corpus.sha256:
+        before = ckpt["config"].get("data", {}).get("path", "?")
+        raise UserError(
+            f"{path} was trained on another text ({before}) than data.path={cfg.data.path}, with the same "
+            "characters: an out_dir belongs to one run; use another out_dir to train on this text"
         )
     for key in ("model.embed", "model.hidden", "model.layers", "train.batch_size", "train.seq_len"):
         section, name = key.split(".")
@@ -265,6 +412,39 @@ def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.
     ]
     fused = device.type == "cuda"  # one kernel for all parameters on GPU
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, cfg.train.beta2), fused=fused or None)
+
+
+def choose_prime(prime: str | None, corpus: Corpus, val_ids) -> str:
+    """train.sample_prime (every character in the vocabulary), else the validation split's first line."""
+    if prime is None:
+        head = corpus.decode(val_ids[:200])
+        return head[: head.index("\n") + 1] if "\n" in head else head[:40]
+    missing = sorted(set(prime) - set(corpus.vocab))
+    if missing:
+        raise UserError(f"train.sample_prime has characters the corpus lacks: {', '.join(map(repr, missing))}")
+    return prime or "\n"
+
+
+@torch.no_grad()
+def sample_text(model: CharLSTM, vocab: list[str], prime: str, t) -> str:
+    """t.sample_chars characters after `prime`, top-k 5, from a generator of its own (seeded by train.seed): the
+    training's draws are keyed elsewhere, so sampling changes nothing in the run."""
+    was_training = model.training
+    model.eval()
+    index = {ch: i for i, ch in enumerate(vocab)}
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(t.seed)
+    h, c = model.zero_state(1, device)
+    for ch in prime:
+        logits, h, c = model.step(torch.tensor([index[ch]], device=device), h, c)
+    out = []
+    for _ in range(t.sample_chars):
+        top, ids = logits.float().topk(min(5, len(vocab)), dim=-1)  # (1, 5)
+        pick = ids[0, torch.multinomial(torch.softmax(top[0], dim=-1), 1, generator=generator)]
+        out.append(vocab[int(pick)])
+        logits, h, c = model.step(pick, h, c)
+    model.train(was_training)
+    return "".join(out)
 
 
 def evaluate_loss(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> float:

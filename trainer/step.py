@@ -184,28 +184,31 @@ class Budget:
         val = run.evaluate()
         self.eval_seconds = time.monotonic() - clock
         self.paused += self.eval_seconds
-        unfinished = run.max_steps is None or run.max_steps > run.step
-        if self.auto and self.timed_from is not None and unfinished and not self.spent():
+        if self.auto and (run.max_steps is None or run.max_steps > run.step):
             self._fit(run)
         return val
 
     def _fit(self, run: Run) -> None:
+        """The main process decides (its figure is summed with the others' zeros); -1 means no change."""
         planned, total, per_step = run.max_steps, 0.0, 0.0
         if run.is_main:
-            first_step, first_time = self.timed_from
-            per_step = (time.monotonic() - first_time - self.paused) / max(1, run.step - first_step)
-            left = self.SAFETY * 60 * self.minutes - (time.monotonic() - self.started)
-            # steps s with s * per_step + (s / eval_every + 1) * eval_seconds <= left
-            fits = (left - self.eval_seconds) / (per_step + self.eval_seconds / run.cfg.train.eval_every)
-            total = float(run.step + max(0, int(fits)))
-            if planned is not None:
-                total = min(total, float(planned))  # revisions only shorten
+            total = -1.0
+            timed = self.timed_from is not None and run.step > self.timed_from[0]
+            if timed and not self.spent():
+                first_step, first_time = self.timed_from
+                per_step = (time.monotonic() - first_time - self.paused) / (run.step - first_step)
+                left = self.SAFETY * 60 * self.minutes - (time.monotonic() - self.started)
+                # steps s with s * per_step + (s / eval_every + 1) * eval_seconds <= left
+                fits = (left - self.eval_seconds) / (per_step + self.eval_seconds / run.cfg.train.eval_every)
+                total = float(run.step + max(0, int(fits)))
+                if planned is not None and total >= planned:  # revisions only shorten
+                    total = -1.0
         total = torch.tensor(total, device=run.device)
         if run.accelerator.num_processes > 1:
             total = run.accelerator.reduce(total, reduction="sum")  # the main process's figure, everywhere
-        run.max_steps = int(total.item())
-        if run.max_steps == planned:
+        if total.item() < 0:
             return
+        run.max_steps = int(total.item())
         run.log({"step": run.step, "max_steps": run.max_steps, "seconds_per_step": per_step, "revised": planned})
         verb = "fixed at" if planned is None else f"revised from {planned:,} to"
         run.say(

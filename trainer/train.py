@@ -12,7 +12,6 @@ trainer/step.py (one step), trainer/regularize.py (everything keyed by seed, ste
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,8 @@ if __package__ in (None, ""):  # `python trainer/train.py` / `accelerate launch 
 
 import torch
 
-from trainer.config import Config, UserError, load_config
+from trainer.config import Config, UserError, help_text, load_config
+from trainer.plot import plot_losses
 from trainer.run import LN2, Run, TrainingError
 from trainer.step import Budget, StopFlags, agree, apply_update, compute_gradients, lr_at
 
@@ -53,6 +53,8 @@ def train(cfg: Config) -> int:
             val_loss = budget.evaluate(run) if run.step % t.eval_every == 0 or final else None
             if val_loss is not None:
                 meter.write(f"step {run.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
+                if run.last_sample:
+                    meter.write(f"--- sample: {run.sample_prime}{run.last_sample}\n---")
             if run.step % t.save_every == 0 or final:
                 run.save(run.paths.ckpt, val_loss)
             meter.skip_pause()
@@ -82,7 +84,7 @@ def announce(run: Run) -> None:
     )
     run.log(
         {"step": run.step, "start": True, "resumed_from": run.resumed_from, "processes": processes}
-        | {"precision": run.precision.mode, "max_steps": run.max_steps}
+        | {"precision": run.precision.mode, "max_steps": run.max_steps, "init_from": cfg.train.init_from}
     )
 
 
@@ -153,32 +155,13 @@ def report(run: Run, stopped_by: str | None, val_loss: float | None) -> None:
         print(f"charlstm: nothing to do, {ckpt} is at step {run.step} = train.max_steps")
 
 
-def plot_losses(metrics_path: Path, out_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    events = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
-        points = [(e["step"], e[key]) for e in events if key in e]
-        if points:
-            ax.plot(*zip(*points), style, label=label, alpha=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / char)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="trainer.train",
         description="Train a character-level LSTM. Rerun the same command on the same out_dir to resume.",
-        epilog="example: python -m trainer.train --config configs/tiny.yaml train.max_steps=40 out_dir=runs/x",
+        epilog="config keys (YAML, or key.sub=value overrides):\n" + help_text() + "\n\nexample: "
+        "python -m trainer.train --config configs/tiny.yaml train.max_steps=40 out_dir=runs/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML config (configs/tiny.yaml, configs/shakespeare.yaml, ...)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.hidden=256")

@@ -131,13 +131,16 @@ class Sampler {
     } catch (e) {
       throw new SamplerError(`${path}: onnxruntime could not load it (${String(e.message).split('\n')[0]})`);
     }
-    return new Sampler(session, JSON.parse(metadata.vocab), JSON.parse(metadata.config || '{}'));
+    const form = metadata.normalize || 'none'; // a model exported before the form was recorded: none
+    if (!['NFC', 'NFKC', 'none'].includes(form)) throw new SamplerError(`${path}: unknown Unicode form '${form}' in its metadata`);
+    return new Sampler(session, JSON.parse(metadata.vocab), JSON.parse(metadata.config || '{}'), form);
   }
 
-  constructor(session, vocab, config) {
+  constructor(session, vocab, config, normalize = 'none') {
     this.session = session;
     this.vocab = vocab;
     this.config = config;
+    this.normalize = normalize; // the Unicode form of the corpus: a prime is put into it before encoding
     this.index = new Map(vocab.map((ch, i) => [ch, i]));
     const h = session.inputMetadata.find((m) => m.name === 'h');
     this.layers = Number(h.shape[0]);
@@ -145,6 +148,7 @@ class Sampler {
   }
 
   encode(text, unknown = 'error') {
+    if (this.normalize !== 'none') text = text.normalize(this.normalize);
     const chars = Array.from(text); // code points: an emoji is one character, as in Python
     const missing = [...new Set(chars.filter((ch) => !this.index.has(ch)))].sort();
     if (missing.length && unknown === 'error') {
