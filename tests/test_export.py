@@ -140,12 +140,23 @@ def test_int8(trained_run, trained_onnx, tmp_path, capsys, corpus_100k):
 
 
 def test_reads_a_bf16_checkpoint(corpus_100k, tmp_path):
-    assert (
-        run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path}", "train.mixed_precision=bf16", "train.max_steps=5")
-        == 0
-    )
+    """A checkpoint trained in bf16 exports, samples and scores, here and on a CPU without native bf16."""
+    from conftest import run_cli
+
+    from trainer.precision import cpu_runs_bf16_lstm
+
+    if not cpu_runs_bf16_lstm():
+        pytest.skip("this CPU cannot train in bf16 (no AVX-512 BF16 or AMX in oneDNN)")
+    args = [f"data.path={corpus_100k}", f"out_dir={tmp_path}", "train.mixed_precision=bf16", "train.max_steps=5"]
+    assert run_train(*args) == 0
     assert export_main([str(tmp_path / "ckpt.pt")]) == 0
-    assert (tmp_path / "ckpt.onnx").is_file()
+    avx2 = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    exported = run_cli("-m", "export.onnx", str(tmp_path / "ckpt.pt"), "-o", str(tmp_path / "avx2.onnx"), env=avx2)
+    assert exported.returncode == 0, exported.stderr
+    sampled = run_cli("-m", "serve.sample", str(tmp_path / "avx2.onnx"), "--prime", "The", "--top-k", "1", env=avx2)
+    assert sampled.returncode == 0 and sampled.stdout.startswith("The")
+    scored = run_cli("-m", "serve.score", str(tmp_path / "avx2.onnx"), str(corpus_100k), "--quiet", env=avx2)
+    assert scored.returncode == 0 and "nats/char" in scored.stdout
 
 
 def test_exports_a_checkpoint_with_training_keys_of_another_version(tiny_run, tmp_path, corpus_100k):

@@ -470,6 +470,7 @@ def test_an_out_dir_trained_on_another_text_is_refused(tiny_run, corpus_100k, tm
     assert run_train(f"data.path={other}", f"out_dir={tiny_run}") == 2
     line = one_line_error(capsys.readouterr().err)
     assert "was trained on another text" in line and str(corpus_100k) in line and str(other) in line
+    assert f"train.init_from={tiny_run / 'ckpt.pt'}" in line
     assert {p.name: digest(p) for p in tiny_run.iterdir() if p.is_file()} == before
 
 

@@ -384,7 +384,8 @@ def check_resumable(ckpt: Checkpoint, cfg: Config, corpus: Corpus, path: Path) -
         before = ckpt["config"].get("data", {}).get("path", "?")
         raise UserError(
             f"{path} was trained on another text ({before}) than data.path={cfg.data.path}, with the same "
-            "characters: an out_dir belongs to one run; use another out_dir to train on this text"
+            f"characters: an out_dir belongs to one run; to train on this text from it, use another out_dir "
+            f"and train.init_from={path}"
         )
     for key in ("model.embed", "model.hidden", "model.layers", "train.batch_size", "train.seq_len"):
         section, name = key.split(".")
