@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,11 +181,12 @@ class Sampler:
     def _steps(self, prime_ids: np.ndarray, length: int, options: SamplingOptions) -> Iterator[str | list[str]]:
         n = options.num_samples
         run = self.runner(n)
-        rng = np.random.default_rng(options.seed)
+        seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little") >> 11
         for token in prime_ids:
             logits = run(np.full(n, token, dtype=np.int64))
-        for _ in range(length):
-            ids = self._pick(logits, options.top_k, options.temperature, options.top_p, rng)
+        for position in range(length):
+            draws = np.array([uniform(seed, sample, position) for sample in range(n)])
+            ids = self._pick(logits, options.top_k, options.temperature, options.top_p, draws)
             yield self.vocab[ids[0]] if n == 1 else [self.vocab[i] for i in ids]
             logits = run(ids)
 
@@ -217,25 +219,42 @@ class Sampler:
             raise SamplerError(f"num_samples must be an integer >= 1, got {options.num_samples!r}")
 
     @staticmethod
-    def _pick(logits: np.ndarray, top_k, temperature, top_p, rng: np.random.Generator) -> np.ndarray:
-        """One token per row of logits (N, V): greedy, or a draw from the temperature-scaled softmax
-        restricted to the top_k most likely and then to the smallest set holding top_p of the mass."""
+    def _pick(logits: np.ndarray, top_k, temperature, top_p, draws: np.ndarray) -> np.ndarray:
+        """One token per row of logits (N, V), given one uniform draw in [0, 1) per row: greedy (argmax, the
+        lowest id among ties), or the inverse CDF of the temperature-scaled softmax over the candidates sorted
+        by (logit desc, id asc), restricted to the top_k and then to the shortest prefix holding top_p of the
+        mass, in float64. serve/js/sampler.js does the same, step for step."""
         if top_k == 1 or temperature == 0:
             return logits.argmax(axis=1)
+        order = np.argsort(-logits, axis=1, kind="stable")  # (N, V): logit desc, id asc among ties
+        if top_k is not None:
+            order = order[:, :top_k]
         rows = np.arange(len(logits))[:, None]
-        if top_k is not None and top_k < logits.shape[1]:
-            candidates = np.argpartition(logits, -top_k, axis=1)[:, -top_k:]  # (N, k), unordered
-        else:
-            candidates = np.broadcast_to(np.arange(logits.shape[1]), logits.shape)
-        scores = logits[rows, candidates].astype(np.float64) / temperature
-        probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+        chosen = logits[rows, order].astype(np.float64)
+        weights = np.exp((chosen - chosen[:, :1]) / temperature)  # (N, k) unnormalized, the first is 1
+        cumulative = np.cumsum(weights, axis=1)  # left to right, as the JavaScript loop adds them
+        count = np.full(len(logits), cumulative.shape[1])  # candidates kept per row
         if top_p is not None and top_p < 1:
-            order = np.argsort(-probs, axis=1)
-            candidates, probs = candidates[rows, order], probs[rows, order]
-            cumulative = np.cumsum(probs, axis=1)
-            keep = cumulative - probs < top_p * cumulative[:, -1:]  # the prefix reaching top_p; >= 1 kept
-            probs = np.where(keep, probs, 0.0)
-        cumulative = np.cumsum(probs, axis=1)
-        draws = rng.random(len(logits))[:, None] * cumulative[:, -1:]
-        chosen = np.minimum((cumulative <= draws).sum(axis=1), probs.shape[1] - 1)
-        return candidates[np.arange(len(logits)), chosen]
+            before = np.concatenate([np.zeros((len(logits), 1)), cumulative[:, :-1]], axis=1)  # mass before each
+            count = (before < top_p * cumulative[:, -1:]).sum(axis=1)  # the shortest prefix reaching top_p
+        total = cumulative[np.arange(len(logits)), count - 1]
+        # the first candidate whose cumulative weight exceeds draw * total (those past the prefix are all above)
+        index = np.minimum((cumulative <= (draws * total)[:, None]).sum(axis=1), count - 1)
+        return order[np.arange(len(logits)), index]
+
+
+# ---------------------------------------------------------------- the generator every sampler shares
+
+MASK64 = (1 << 64) - 1
+
+
+def uniform(seed: int, sample: int, position: int) -> float:
+    """The draw of `sample` at `position` for `seed`: SplitMix64's finalizer of a key made of the three, as a
+    float64 in [0, 1) (53 bits). Counter-based, so any runtime computes the same number from the same three
+    integers (serve/js/sampler.js does)."""
+    z = ((seed & MASK64) ^ (sample * 0x9E3779B97F4A7C15) ^ (position * 0xBF58476D1CE4E5B9)) & MASK64
+    z = (z + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    z ^= z >> 31
+    return (z >> 11) * 2.0**-53

@@ -61,14 +61,19 @@ def test_batched_greedy_equals_one_by_one(trained_onnx):
     assert len(set(varied)) == 3  # samples in a batch draw independently
 
 
+def pick(logits, top_k, temperature, top_p, rng):
+    """Sampler._pick with one uniform draw per row from rng."""
+    return Sampler._pick(logits, top_k, temperature, top_p, rng.random(len(logits)))
+
+
 def test_top_k_never_picks_outside_the_top_k():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4000, 30)).astype(np.float32)
     for k in (1, 3, 10):
-        picked = Sampler._pick(logits, k, 1.0, None, rng)
+        picked = pick(logits, k, 1.0, None, rng)
         top = np.argsort(-logits, axis=1)[:, :k]
         assert all(p in row for p, row in zip(picked, top))
-    picked = Sampler._pick(logits, 3, 1.0, None, rng)
+    picked = pick(logits, 3, 1.0, None, rng)
     assert len(set(picked[logits.argmax(axis=1) != picked])) > 1  # not just greedy
 
 
@@ -76,7 +81,7 @@ def test_top_p_keeps_the_nucleus():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4000, 30)).astype(np.float32) * 2
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    picked = Sampler._pick(logits, None, 1.0, 0.5, rng)
+    picked = pick(logits, None, 1.0, 0.5, rng)
     for row, p in zip(probs, picked):
         order = np.argsort(-row)
         size = int(np.searchsorted(np.cumsum(row[order]), 0.5) + 1)  # smallest set with mass >= 0.5
@@ -85,9 +90,9 @@ def test_top_p_keeps_the_nucleus():
     row = np.array([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]], dtype=np.float32)
     p = np.exp(row[0]) / np.exp(row[0]).sum()  # 0.43, 0.26, 0.16, 0.06, ...: top-p 0.8 keeps the first three
     nucleus = p[:3] / p[:3].sum()
-    counts = np.bincount(Sampler._pick(np.tile(row, (20000, 1)), None, 1.0, 0.8, rng), minlength=6)
+    counts = np.bincount(pick(np.tile(row, (20000, 1)), None, 1.0, 0.8, rng), minlength=6)
     np.testing.assert_allclose(counts / 20000, [*nucleus, 0, 0, 0], atol=0.015)
-    counts = np.bincount(Sampler._pick(np.tile(logits[:1], (20000, 1)), None, 1.0, None, rng), minlength=30)
+    counts = np.bincount(pick(np.tile(logits[:1], (20000, 1)), None, 1.0, None, rng), minlength=30)
     np.testing.assert_allclose(counts / 20000, probs[0], atol=0.015)  # a plain draw follows the softmax
 
 
@@ -318,3 +323,38 @@ const { Sampler } = require('./sampler');
     python = np.array([run(np.array([i])).copy()[0] for i in sampler.encode(text)], dtype=np.float64)
     assert js.shape == python.shape == (300, len(sampler.vocab))
     assert np.abs(js - python).max() <= 1e-4
+
+
+def test_the_draws_are_the_documented_generator():
+    """SplitMix64's finalizer of (seed, sample, position): fixed numbers, so that another runtime can check
+    itself against them (serve/js/sampler.js is checked in test_javascript_seeded_text_equals_python)."""
+    from serve.sampler import uniform
+
+    assert uniform(7, 0, 0) == 0.3898297483912715
+    assert uniform(7, 1, 0) == 0.9237001069304558
+    assert uniform(7, 0, 1) == 0.40162233062649344
+    draws = np.array([uniform(1, 0, t) for t in range(20000)])
+    assert 0 <= draws.min() and draws.max() < 1 and abs(draws.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--top-k", "5", "--temperature", "0.8", "--seed", "7"],
+        ["--top-p", "0.9", "--seed", "3"],
+        ["--top-k", "10", "--temperature", "1.3", "--top-p", "0.95", "--seed", "11", "--num-samples", "3"],
+    ],
+)
+def test_javascript_seeded_text_equals_python(trained_onnx, options):
+    """The same seed and options give the same 500 characters in Node.js and in Python: one generator, one pick
+    procedure (README: Sampling and scoring)."""
+    if shutil.which("node") is None or not (JS / "node_modules" / "onnxruntime-node").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node and serve/js/node_modules are required in CI (.ci/run installs them)")
+        pytest.skip("node or onnxruntime-node not installed (cd serve/js && npm install)")
+    args = [str(trained_onnx), "--prime", "The ", "--length", "500", *options]
+    node = subprocess.run(["node", str(JS / "sample.js"), *args], capture_output=True, text=True, timeout=300)
+    python = run_cli("-m", "serve.sample", *args)
+    assert node.returncode == 0 and python.returncode == 0, node.stderr + python.stderr
+    assert node.stdout == python.stdout
+    assert len(python.stdout) >= 500

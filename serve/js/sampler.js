@@ -69,46 +69,51 @@ function readMetadata(path) {
   return metadata;
 }
 
-// ---- seeded random numbers (mulberry32): the same seed gives the same text
+// ---- the generator and the pick, the same as serve/sampler.py's step for step: the same seed gives the
+// same text in Python and here
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+const MASK64 = (1n << 64n) - 1n;
+
+// The draw of `sample` at `position` for `seed`: SplitMix64's finalizer of a key made of the three, as a float64
+// in [0, 1) (53 bits). Counter-based: nothing is carried from one draw to the next.
+function uniform(seed, sample, position) {
+  let z = (BigInt.asUintN(64, BigInt(seed)) ^ ((BigInt(sample) * 0x9E3779B97F4A7C15n) & MASK64)
+    ^ ((BigInt(position) * 0xBF58476D1CE4E5B9n) & MASK64)) & MASK64;
+  z = (z + 0x9E3779B97F4A7C15n) & MASK64;
+  z = ((z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
+  z = ((z ^ (z >> 27n)) * 0x94D049BB133111EBn) & MASK64;
+  z ^= z >> 31n;
+  return Number(z >> 11n) * 2 ** -53;
 }
 
-function pick(logits, topK, temperature, topP, random) {
-  // logits: Float32Array(V) of one sample; greedy, or a draw from the top-k / top-p tempered softmax
+// logits: Float32Array(V) of one sample; draw: a uniform in [0, 1). Greedy (argmax, the lowest id among ties),
+// or the inverse CDF of the tempered softmax over the candidates sorted by (logit desc, id asc), restricted
+// to the top k and then to the shortest prefix holding top p of the mass, in float64.
+function pick(logits, topK, temperature, topP, draw) {
   const V = logits.length;
   if (topK === 1 || temperature === 0) {
     let best = 0;
     for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
     return best;
   }
-  let order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]);
+  let order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
   if (topK) order = order.slice(0, topK);
-  const top = logits[order[0]];
-  let probs = order.map((i) => Math.exp((logits[i] - top) / temperature));
-  let total = probs.reduce((a, b) => a + b, 0);
+  const first = logits[order[0]];
+  const cumulative = [];
+  let sum = 0;
+  for (const id of order) {
+    sum += Math.exp((logits[id] - first) / temperature);
+    cumulative.push(sum);
+  }
+  let count = order.length;
   if (topP !== null && topP < 1) {
-    let mass = 0;
-    let keep = 0;
-    while (keep < probs.length && mass < topP * total) mass += probs[keep++];
-    probs = probs.slice(0, keep);
-    order = order.slice(0, keep);
-    total = mass;
+    count = 0;
+    while (count < order.length && (count === 0 ? 0 : cumulative[count - 1]) < topP * sum) count++;
   }
-  let draw = random() * total;
-  for (let i = 0; i < probs.length; i++) {
-    draw -= probs[i];
-    if (draw < 0) return order[i];
-  }
-  return order[order.length - 1];
+  const target = draw * cumulative[count - 1];
+  let index = 0;
+  while (index < count - 1 && cumulative[index] <= target) index++;
+  return order[index];
 }
 
 class Sampler {
@@ -172,7 +177,7 @@ class Sampler {
     if (!Number.isInteger(numSamples) || numSamples < 1) throw new SamplerError(`num_samples must be an integer >= 1, got ${numSamples}`);
     let ids = this.encode(prime, unknown);
     if (ids.length === 0) ids = [this.index.has('\n') ? this.index.get('\n') : 0];
-    const random = mulberry32(seed === null ? Math.floor(Math.random() * 2 ** 32) : seed);
+    const seed64 = seed === null ? Math.floor(Math.random() * 2 ** 53) : seed;
     const N = numSamples;
     const shape = [this.layers, N, this.hidden];
     let h = new ort.Tensor('float32', new Float32Array(this.layers * N * this.hidden), shape);
@@ -193,7 +198,7 @@ class Sampler {
     const texts = Array.from({ length: N }, () => []);
     for (let t = 0; t < length; t++) {
       for (let n = 0; n < N; n++) {
-        const id = pick(logits.subarray(n * V, (n + 1) * V), topK, temperature, topP, random);
+        const id = pick(logits.subarray(n * V, (n + 1) * V), topK, temperature, topP, uniform(seed64, n, t));
         tokens[n] = BigInt(id);
         texts[n].push(this.vocab[id]);
       }
@@ -205,4 +210,4 @@ class Sampler {
   }
 }
 
-module.exports = { Sampler, SamplerError, readMetadata };
+module.exports = { Sampler, SamplerError, readMetadata, uniform, pick };
