@@ -59,7 +59,7 @@ def test_run_directory_contents(tiny_run):
     assert val_events[-1]["val_bpc"] == pytest.approx(val_events[-1]["val_loss"] / math.log(2))
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert config["model"]["hidden"] == 48 and config["train"]["max_steps"] == 40
-    ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)  # the DESIGN.md contract
+    ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)  # the checkpoint contract (README)
     assert {"model", "vocab", "config", "step", "val_loss"} <= set(ckpt)
     assert ckpt["step"] == 40 and ckpt["val_loss"] == pytest.approx(val_events[-1]["val_loss"])
     assert all(not k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
@@ -368,7 +368,7 @@ def test_configs_parse():
 
 @pytest.mark.parametrize("launcher", ["python", "accelerate launch"])
 def test_script_entry_points(launcher, corpus_100k, tmp_path):
-    """`python trainer/train.py ...` and DESIGN.md's `accelerate launch trainer/train.py --config FILE ...`."""
+    """`python trainer/train.py ...` and the documented `accelerate launch trainer/train.py --config FILE ...`."""
     import subprocess
     import sys
     from pathlib import Path
