@@ -187,6 +187,5 @@ def assert_resumed(out_dir: Path, *from_steps: int, killed: bool = False) -> Non
 
 def run_cli_background(*args: str) -> subprocess.Popen:
     """A real process left running (python -m ...): for tests that act on a run while it trains."""
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    # no pipes: a long run's progress bar would fill one and block the run
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

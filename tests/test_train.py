@@ -479,23 +479,22 @@ def test_one_run_at_a_time_on_an_out_dir(corpus_100k, tmp_path):
     run goes on to its end, and its metrics hold each step once."""
     from conftest import run_cli_background
 
-    first = run_cli_background(
-        "-m", "trainer.train", "--config", str(EMPTY_CONFIG), *TINY, f"data.path={corpus_100k}",
-        "train.max_steps=400", "train.log_every=1", f"out_dir={tmp_path}",
-    )  # fmt: skip
+    command = ["-m", "trainer.train", "--config", str(EMPTY_CONFIG), *TINY, f"data.path={corpus_100k}"]
+    command += ["train.max_steps=1500", "train.log_every=1", "train.eval_every=500", "train.sample_chars=0"]
+    command += [f"out_dir={tmp_path}"]
+    first = run_cli_background(*command)
     try:
         while not (tmp_path / "metrics.jsonl").exists() or "train_loss" not in (tmp_path / "metrics.jsonl").read_text():
-            assert first.poll() is None, first.stderr.read()
+            assert first.poll() is None, f"the first run ended early (exit {first.returncode})"
             time.sleep(0.05)
-        second = run_cli("-m", "trainer.train", "--config", str(EMPTY_CONFIG), *TINY, f"data.path={corpus_100k}",
-                         f"out_dir={tmp_path}")  # fmt: skip
+        second = run_cli(*command)  # the same command again, while the first run lives
         assert second.returncode == 2
         assert f"is in use by another run (process {first.pid})" in one_line_error(second.stderr)
     finally:
         assert first.wait(timeout=300) == 0
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [e["step"] for e in events if "train_loss" in e]
-    assert trained == list(range(1, 401)) and len(start_events(tmp_path)) == 1
+    assert trained == list(range(1, 1501)) and len(start_events(tmp_path)) == 1
 
 
 def test_extending_a_finished_run_keeps_its_schedule(corpus_100k, tmp_path):
