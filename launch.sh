@@ -96,3 +96,4 @@ train configs/tiny.yaml "data.path=$data"
 "$PY" -m export.onnx runs/tiny/best.pt
 echo "--- a sample from runs/tiny/best.onnx:"
 "$PY" -m serve.sample runs/tiny/best.onnx --prime "$prime" --length 600 --top-k 5 --seed 0
+echo "--- more: $PY -m serve.sample runs/tiny/best.onnx --help; in a browser: $PY -m serve.web runs/tiny/best.onnx --open"

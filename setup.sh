@@ -2,7 +2,8 @@
 # setup.sh: create .venv and install charlstm into it.
 #   ./setup.sh          training, export and sampling (onnxruntime for the CPU)
 #   ./setup.sh --gpu    the same with onnxruntime-gpu (never both: they are one Python module)
-#   ./setup.sh --dev    also pytest, ruff and the Node.js sampler's packages (what the tests need)
+#   ./setup.sh --dev    also pytest, ruff, Playwright and Debian's chromium (what the tests need)
+# Where npm is present, both install the JavaScript samplers' packages (Node.js and the web page).
 set -euo pipefail
 cd "$(dirname "$0")"
 runtime=cpu dev=0
@@ -10,7 +11,7 @@ for arg in "$@"; do
   case "$arg" in
     --gpu) runtime=gpu ;;
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "error: unknown option $arg (see ./setup.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -24,11 +25,19 @@ pip install "torch==${TORCH_VERSION:-2.13.0}"
 extras=$runtime
 if [[ $dev == 1 ]]; then extras="$extras,dev"; fi
 pip install -e ".[$extras]"
-if [[ $dev == 1 ]]; then
-  if command -v npm >/dev/null; then
-    (cd serve/js && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund --loglevel=error)
+# The JavaScript samplers (Node.js, and the web page's onnxruntime-web): pinned in serve/js/package-lock.json.
+if command -v npm >/dev/null; then
+  (cd serve/js && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "setup.sh: npm not found; the Node.js sampler, the web page and their tests need it (Node.js >= 18)" >&2
+fi
+# The browser test drives Debian's chromium (Playwright's own browser download needs the internet).
+if [[ $dev == 1 ]] && ! command -v chromium >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
-    echo "setup.sh: npm not found; the JavaScript sampler test will be skipped" >&2
+    echo "setup.sh: chromium not found and cannot be installed here (needs root and apt-get);" \
+      "the browser tests will be skipped" >&2
   fi
 fi
 echo "setup.sh: ready (.venv, onnxruntime for $runtime$([[ $dev == 1 ]] && echo ', dev tools'))"

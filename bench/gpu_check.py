@@ -115,7 +115,7 @@ class Check:
         return {"summary": summary, "exit": result.returncode}
 
     def speed(self, corpus: str) -> dict:
-        steps = 6 if self.dry_run else 300
+        steps = 3 if self.dry_run else 300
         shape = [*SPEED_SHAPE, *TINY_SHAPE] if self.dry_run else SPEED_SHAPE
         figures = {}
         seed = self.run(["bench/seed_charrnn.py", "train", str(steps), self.resolved(corpus)], timeout=150)
@@ -133,7 +133,7 @@ class Check:
 
     def recipe(self, corpus: str) -> dict:
         out = self.out / "shakespeare"
-        budget = ["train.max_minutes=0.1", *TINY_SHAPE] if self.dry_run else ["train.max_minutes=3"]
+        budget = ["train.max_minutes=0.06", *TINY_SHAPE] if self.dry_run else ["train.max_minutes=3"]
         args = ["--config", "configs/shakespeare.yaml", *budget, f"data.path={corpus}", f"out_dir={out}"]
         result = self.run(["-m", "trainer.train", *args], timeout=300)
         events = _events(out)

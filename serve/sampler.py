@@ -223,7 +223,7 @@ class Sampler:
         """One token per row of logits (N, V), given one uniform draw in [0, 1) per row: greedy (argmax, the
         lowest id among ties), or the inverse CDF of the temperature-scaled softmax over the candidates sorted
         by (logit desc, id asc), restricted to the top_k and then to the shortest prefix holding top_p of the
-        mass, in float64. serve/js/sampler.js does the same, step for step."""
+        mass, in float64. serve/js/core.js does the same, step for step."""
         if top_k == 1 or temperature == 0:
             return logits.argmax(axis=1)
         order = np.argsort(-logits, axis=1, kind="stable")  # (N, V): logit desc, id asc among ties
@@ -251,7 +251,7 @@ MASK64 = (1 << 64) - 1
 def uniform(seed: int, sample: int, position: int) -> float:
     """The draw of `sample` at `position` for `seed`: SplitMix64's finalizer of a key made of the three, as a
     float64 in [0, 1) (53 bits). Counter-based, so any runtime computes the same number from the same three
-    integers (serve/js/sampler.js does)."""
+    integers (serve/js/core.js does)."""
     z = ((seed & MASK64) ^ (sample * 0x9E3779B97F4A7C15) ^ (position * 0xBF58476D1CE4E5B9)) & MASK64
     z = (z + 0x9E3779B97F4A7C15) & MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64

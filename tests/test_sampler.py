@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -269,19 +270,38 @@ def test_javascript_greedy_equals_python(trained_onnx, spanish_onnx):
         ["node", str(JS / "sample.js"), str(trained_onnx), "--prime", "☃"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "does not know: '☃' (U+2603)" in one_line_error(bad.stderr)
-    model = trained_onnx
     meta = json.loads(
         subprocess.run(
             [
                 "node",
+                "--input-type=module",
                 "-e",
-                f"console.log(JSON.stringify(require('{JS / 'sampler.js'}').readMetadata('{trained_onnx}')))",
+                "import { readFileSync } from 'node:fs'; import { describeModel } from './core.js';"
+                "const info = describeModel(new Uint8Array(readFileSync(process.argv[1])));"
+                "console.log(JSON.stringify({ vocab: info.vocab, step: info.step, valLoss: info.valLoss }));",
+                str(trained_onnx),
             ],
+            cwd=JS,
             capture_output=True,
             text=True,
         ).stdout
     )
-    assert meta["format"] == "charlstm-cell/1"
+    sampler = Sampler(trained_onnx)
+    assert meta == {
+        "vocab": sampler.vocab,
+        "step": int(sampler.metadata["step"]),
+        "valLoss": float(sampler.metadata["val_loss"]),
+    }
+
+
+def test_javascript_core_uses_no_node_api():
+    """serve/js/core.js is shared by Node and the browser: an ES module with no fs, Buffer, require or
+    process (the loaders, node.js and serve/web/app.js, bring the file's bytes and onnxruntime)."""
+    source = (JS / "core.js").read_text(encoding="utf-8")
+    code = "\n".join(line.split("//")[0] for line in source.splitlines())  # comments may name them
+    for name in ("require(", "Buffer", "process.", "from 'fs'", "from 'node:", "import("):
+        assert name not in code, name
+    assert re.findall(r"^import ", code, flags=re.M) == []  # no imports at all: ort is handed in
 
 
 def test_stream_checks_before_the_first_character(trained_onnx):
@@ -298,11 +318,11 @@ def test_javascript_logits_equal_python(trained_onnx, corpus_100k):
         pytest.skip("node or onnxruntime-node not installed (cd serve/js && npm install)")
     text = corpus_100k.read_text(encoding="utf-8")[1000:1300]
     script = """
-const ort = require('onnxruntime-node');
-const { Sampler } = require('./sampler');
+import ort from 'onnxruntime-node';
+import { loadSampler } from './node.js';
 (async () => {
   const [model, text] = process.argv.slice(1);
-  const s = await Sampler.create(model);
+  const s = await loadSampler(model);
   const shape = [s.layers, 1, s.hidden];
   let h = new ort.Tensor('float32', new Float32Array(s.layers * s.hidden), shape);
   let c = new ort.Tensor('float32', new Float32Array(s.layers * s.hidden), shape);
@@ -315,7 +335,9 @@ const { Sampler } = require('./sampler');
   process.stdout.write(JSON.stringify(rows));
 })();
 """
-    result = subprocess.run(["node", "-e", script, str(trained_onnx), text], cwd=JS, capture_output=True, text=True)
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", script, str(trained_onnx), text], cwd=JS, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     js = np.array(json.loads(result.stdout), dtype=np.float64)
     sampler = Sampler(trained_onnx, device="cpu")
@@ -327,7 +349,7 @@ const { Sampler } = require('./sampler');
 
 def test_the_draws_are_the_documented_generator():
     """SplitMix64's finalizer of (seed, sample, position): fixed numbers, so that another runtime can check
-    itself against them (serve/js/sampler.js is checked in test_javascript_seeded_text_equals_python)."""
+    itself against them (serve/js/core.js is checked in test_javascript_seeded_text_equals_python)."""
     from serve.sampler import uniform
 
     assert uniform(7, 0, 0) == 0.3898297483912715

@@ -1,10 +1,9 @@
 #!/usr/bin/env node
-'use strict';
 // node serve/js/sample.js MODEL.onnx --prime TEXT --length N --top-k K --temperature T --seed S
 //   [--top-p P] [--num-samples N] [--unknown error|skip] [--device cpu|cuda]
 // The same options as `python -m serve.sample`; the prime and the generated text go to stdout.
 
-const { Sampler, SamplerError } = require('./sampler');
+import { loadSampler, SamplerError } from './node.js';
 
 const USAGE = 'usage: node sample.js MODEL.onnx [--prime TEXT] [--length N] [--top-k K] [--top-p P] '
   + '[--temperature T] [--seed S] [--num-samples N] [--unknown error|skip] [--device cpu|cuda] [--threads N]';
@@ -48,7 +47,7 @@ function parse(argv) {
 
 async function main() {
   const [model, options] = parse(process.argv.slice(2));
-  const sampler = await Sampler.create(model, { device: options.device, threads: options.threads });
+  const sampler = await loadSampler(model, { device: options.device, threads: options.threads });
   const single = options.numSamples === 1;
   let started = false;
   const texts = await sampler.generate(options.prime, options.length, {

@@ -1,0 +1,33 @@
+"""The README's picture of the web sampler: `python -m serve.web MODEL` in headless Chromium, one seeded
+generation, then a screenshot of the page.
+
+    python bench/web_screenshot.py runs/shakespeare/best.onnx docs/web_sampler.png [--prime ROMEO:]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import ROOT  # noqa: F401 (puts the repository on the import path)
+
+from serve.web import headless
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--prime", default="ROMEO:")
+    parser.add_argument("--length", type=int, default=400)
+    args = parser.parse_args()
+    with headless.served(args.model) as url, headless.chromium() as browser:
+        page = headless.open_page(browser, url)
+        page.set_viewport_size({"width": 1000, "height": 800})
+        headless.generate(page, args.prime, args.length, top_k=5, temperature=0.8, seed=7)
+        page.screenshot(path=str(args.out), full_page=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+// charlstm sampler core: everything between a charlstm .onnx's bytes and generated text, for any JavaScript
+// runtime. No Node-only API (no fs, Buffer or require): the runtime's loader hands over the file's bytes and
+// its onnxruntime module (onnxruntime-node in node.js, onnxruntime-web in the browser page).
+//
+//   import * as ort from 'onnxruntime-web';  // or onnxruntime-node
+//   const sampler = await Sampler.create(ort, bytes, { sessionOptions: { executionProviders: ['wasm'] } });
+//   const text = await sampler.generate('El libro empieza años', 1000, { topK: 5, seed: 0 });
+//
+// The generator and the pick are serve/sampler.py's, step for step: the same seed gives the same text in
+// Python, Node.js and the browser.
+
+export const FORMAT = 'charlstm-cell/1';
+const FORMS = ['NFC', 'NFKC', 'none'];
+
+/** Bad input (model file, option, prime): the CLI and the page show its message as one line. */
+export class SamplerError extends Error {}
+
+// ---- the metadata: ModelProto field 14 is metadata_props, a repeated {key = 1, value = 2} of strings.
+// onnxruntime-web exposes no custom metadata, so the protobuf is read here, straight from the bytes.
+
+function readVarint(bytes, pos) {
+  let value = 0;
+  let scale = 1;
+  for (;;) {
+    if (pos >= bytes.length) throw new SamplerError('truncated protobuf');
+    const byte = bytes[pos++];
+    value += (byte & 0x7f) * scale;
+    if (byte < 0x80) return [value, pos];
+    scale *= 128;
+    if (scale > 2 ** 63) throw new SamplerError('malformed varint');
+  }
+}
+
+// The fields of one protobuf message in bytes[start, end): [field number, start, end] for length-delimited
+// fields, [field number, null, null] for the others (skipped).
+function* fields(bytes, start = 0, end = bytes.length) {
+  let pos = start;
+  while (pos < end) {
+    let tag;
+    [tag, pos] = readVarint(bytes, pos);
+    const field = Math.floor(tag / 8);
+    const wire = tag % 8;
+    if (field === 0) throw new SamplerError('field number 0');
+    if (wire === 0) {
+      [, pos] = readVarint(bytes, pos);
+      yield [field, null, null];
+    } else if (wire === 1 || wire === 5) {
+      pos += wire === 1 ? 8 : 4;
+      yield [field, null, null];
+    } else if (wire === 2) {
+      let length;
+      [length, pos] = readVarint(bytes, pos);
+      if (pos + length > end) throw new SamplerError('truncated protobuf');
+      yield [field, pos, pos + length];
+      pos += length;
+    } else {
+      throw new SamplerError(`protobuf wire type ${wire}`);
+    }
+  }
+  if (pos > end) throw new SamplerError('truncated protobuf');
+}
+
+/** The model's metadata_props as an object of strings, read from the .onnx's bytes (a Uint8Array). */
+export function readMetadata(bytes) {
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  const metadata = {};
+  for (const [field, start, end] of fields(bytes)) {
+    if (field !== 14 || start === null) continue;
+    let key = null;
+    let value = '';
+    for (const [inner, s, e] of fields(bytes, start, end)) {
+      if (inner === 1 && s !== null) key = utf8.decode(bytes.subarray(s, e));
+      if (inner === 2 && s !== null) value = utf8.decode(bytes.subarray(s, e));
+    }
+    if (key !== null) metadata[key] = value;
+  }
+  return metadata;
+}
+
+/** What a charlstm .onnx says about itself: vocab, config, normalize, layers, hidden, embed, step, valLoss.
+ * `name` names the file in messages. */
+export function describeModel(bytes, name = 'the model') {
+  let metadata;
+  try {
+    metadata = readMetadata(bytes);
+  } catch (e) {
+    throw new SamplerError(`${name} is not an ONNX model (${e.message})`);
+  }
+  if (metadata.format !== FORMAT || !metadata.vocab) {
+    throw new SamplerError(`${name} is not a charlstm model: it has no ${FORMAT} metadata (export one with export.onnx)`);
+  }
+  let vocab;
+  let config;
+  try {
+    vocab = JSON.parse(metadata.vocab);
+    config = JSON.parse(metadata.config || '{}');
+  } catch (e) {
+    throw new SamplerError(`${name}: its charlstm metadata is not valid JSON (${e.message})`);
+  }
+  const model = config.model || {};
+  if (!Array.isArray(vocab) || vocab.length === 0 || !Number.isInteger(model.layers) || !Number.isInteger(model.hidden)) {
+    throw new SamplerError(`${name}: its charlstm metadata lacks the vocabulary or the model's layers and hidden size`);
+  }
+  const normalize = metadata.normalize || 'none'; // a model exported before the form was recorded: none
+  if (!FORMS.includes(normalize)) throw new SamplerError(`${name}: unknown Unicode form '${normalize}' in its metadata`);
+  return {
+    vocab,
+    config,
+    normalize,
+    layers: model.layers,
+    hidden: model.hidden,
+    embed: model.embed ?? null,
+    step: metadata.step ? Number(metadata.step) : null,
+    valLoss: metadata.val_loss ? Number(metadata.val_loss) : null,
+  };
+}
+
+// ---- the generator and the pick
+
+const MASK64 = (1n << 64n) - 1n;
+
+/** The draw of `sample` at `position` for `seed`: SplitMix64's finalizer of a key made of the three, as a
+ * float64 in [0, 1) (53 bits). Counter-based: nothing is carried from one draw to the next. */
+export function uniform(seed, sample, position) {
+  let z = (BigInt.asUintN(64, BigInt(seed)) ^ ((BigInt(sample) * 0x9E3779B97F4A7C15n) & MASK64)
+    ^ ((BigInt(position) * 0xBF58476D1CE4E5B9n) & MASK64)) & MASK64;
+  z = (z + 0x9E3779B97F4A7C15n) & MASK64;
+  z = ((z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
+  z = ((z ^ (z >> 27n)) * 0x94D049BB133111EBn) & MASK64;
+  z ^= z >> 31n;
+  return Number(z >> 11n) * 2 ** -53;
+}
+
+/** One token from the logits of one sample (a Float32Array of V) and a uniform draw in [0, 1): greedy (argmax,
+ * the lowest id among ties), or the inverse CDF of the tempered softmax over the candidates sorted by
+ * (logit desc, id asc), restricted to the top k and then to the shortest prefix holding top p of the mass,
+ * in float64. */
+export function pick(logits, topK, temperature, topP, draw) {
+  const V = logits.length;
+  if (topK === 1 || temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  let order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+  if (topK) order = order.slice(0, topK);
+  const first = logits[order[0]];
+  const cumulative = [];
+  let sum = 0;
+  for (const id of order) {
+    sum += Math.exp((logits[id] - first) / temperature);
+    cumulative.push(sum);
+  }
+  let count = order.length;
+  if (topP !== null && topP < 1) {
+    count = 0;
+    while (count < order.length && (count === 0 ? 0 : cumulative[count - 1]) < topP * sum) count++;
+  }
+  const target = draw * cumulative[count - 1];
+  let index = 0;
+  while (index < count - 1 && cumulative[index] <= target) index++;
+  return order[index];
+}
+
+export function codePoint(ch) {
+  return `U+${ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+// ---- the sampler
+
+export class Sampler {
+  /** A sampler for the .onnx in `bytes` (a Uint8Array) on `ort` (onnxruntime-node or onnxruntime-web).
+   * `name` names the file in messages; `sessionOptions` go to ort.InferenceSession.create. */
+  static async create(ort, bytes, { name = 'the model', sessionOptions = {} } = {}) {
+    const info = describeModel(bytes, name);
+    let session;
+    try {
+      session = await ort.InferenceSession.create(bytes, { logSeverityLevel: 3, ...sessionOptions });
+    } catch (e) {
+      throw new SamplerError(`${name}: onnxruntime could not load it (${String(e?.message ?? e).split('\n')[0]})`);
+    }
+    return new Sampler(ort, session, info);
+  }
+
+  constructor(ort, session, info) {
+    this.ort = ort;
+    this.session = session;
+    this.info = info; // describeModel's object
+    this.vocab = info.vocab;
+    this.config = info.config;
+    this.normalize = info.normalize; // the Unicode form of the corpus: a prime is put into it before encoding
+    this.layers = info.layers;
+    this.hidden = info.hidden;
+    this.index = new Map(this.vocab.map((ch, i) => [ch, i]));
+  }
+
+  /** The prime as the model reads it: normalized to the corpus's form, split into code points (an emoji is
+   * one character, as in Python). */
+  characters(text) {
+    return Array.from(this.normalize === 'none' ? text : text.normalize(this.normalize));
+  }
+
+  /** The distinct characters of `text` the model does not know, sorted. */
+  unknownCharacters(text) {
+    return [...new Set(this.characters(text).filter((ch) => !this.index.has(ch)))].sort();
+  }
+
+  /** Token ids of `text`; characters the model lacks are an error (`unknown` 'error') or dropped ('skip'). */
+  encode(text, unknown = 'error') {
+    const missing = this.unknownCharacters(text);
+    if (missing.length && unknown === 'error') {
+      const shown = missing.slice(0, 10).map((ch) => `'${ch}' (${codePoint(ch)})`);
+      throw new SamplerError(`the prime has characters the model does not know: ${shown.join(', ')} (use --unknown skip to drop them)`);
+    }
+    return this.characters(text).filter((ch) => this.index.has(ch)).map((ch) => this.index.get(ch));
+  }
+
+  checkOptions(length, { topK = null, temperature = 1.0, topP = null, seed = null, numSamples = 1, unknown = 'error' } = {}) {
+    const V = this.vocab.length;
+    if (!Number.isInteger(length) || length < 0) throw new SamplerError(`length must be an integer >= 0, got ${length}`);
+    if (topK !== null && !(Number.isInteger(topK) && topK >= 1 && topK <= V)) {
+      throw new SamplerError(`top_k must be between 1 and the vocabulary size ${V}, got ${topK}`);
+    }
+    if (!(Number.isFinite(temperature) && temperature >= 0)) throw new SamplerError(`temperature must be >= 0, got ${temperature}`);
+    if (topP !== null && !(topP > 0 && topP <= 1)) throw new SamplerError(`top_p must be in (0, 1], got ${topP}`);
+    if (seed !== null && !Number.isSafeInteger(seed)) throw new SamplerError(`seed must be an integer, got ${seed}`);
+    if (!Number.isInteger(numSamples) || numSamples < 1) throw new SamplerError(`num_samples must be an integer >= 1, got ${numSamples}`);
+    if (!['error', 'skip'].includes(unknown)) throw new SamplerError(`unknown must be error or skip, got ${unknown}`);
+  }
+
+  /** Generate `length` characters after `prime` for numSamples sequences advanced together, one session run
+   * per character. Returns a string, or an array of numSamples strings when numSamples > 1.
+   * onChar(chars) is called after each position (a string, or an array of one per sample); when it returns a
+   * promise, that is awaited (a page uses it to repaint). An aborted `signal` ends the text where it is. */
+  async generate(prime, length, options = {}) {
+    this.checkOptions(length, options);
+    const { topK = null, temperature = 1.0, topP = null, seed = null, numSamples = 1, unknown = 'error',
+      onChar = null, signal = null } = options;
+    const { ort, layers, hidden } = this;
+    const V = this.vocab.length;
+    let ids = this.encode(prime, unknown);
+    if (ids.length === 0) ids = [this.index.has('\n') ? this.index.get('\n') : 0];
+    const seed64 = seed === null ? Math.floor(Math.random() * 2 ** 53) : seed;
+    const N = numSamples;
+    const shape = [layers, N, hidden];
+    let h = new ort.Tensor('float32', new Float32Array(layers * N * hidden), shape);
+    let c = new ort.Tensor('float32', new Float32Array(layers * N * hidden), shape);
+    const tokens = new BigInt64Array(N);
+    const token = new ort.Tensor('int64', tokens, [N]);
+    let logits = null;
+    const step = async () => {
+      const out = await this.session.run({ token, h, c });
+      h = out.h_out;
+      c = out.c_out;
+      logits = out.logits.data; // (N * V)
+    };
+    for (const id of ids) {
+      tokens.fill(BigInt(id));
+      await step();
+    }
+    const texts = Array.from({ length: N }, () => []);
+    for (let t = 0; t < length && !signal?.aborted; t++) {
+      for (let n = 0; n < N; n++) {
+        const id = pick(logits.subarray(n * V, (n + 1) * V), topK, temperature, topP, uniform(seed64, n, t));
+        tokens[n] = BigInt(id);
+        texts[n].push(this.vocab[id]);
+      }
+      if (onChar) {
+        const waiting = onChar(N === 1 ? texts[0][t] : texts.map((chars) => chars[t]));
+        if (waiting) await waiting;
+      }
+      if (t + 1 < length) await step(); // the last character's step would be thrown away
+    }
+    const joined = texts.map((chars) => chars.join(''));
+    return N === 1 ? joined[0] : joined;
+  }
+}
