@@ -6,14 +6,15 @@
 2. configs/shakespeare.yaml as a user runs it (train.max_steps=auto within its 10 minutes; auto precision).
 3. The same recipe with train.max_steps fixed to where run 2 ended (the same schedule, but for the few hundred
    steps before run 2 fixed its total, where the two learning rates differ by under 1%), evaluated every 20
-   steps for its first --early-seconds of training, to see when it first reaches the seed's final loss.
+   steps (--early-every) for its first --early-seconds of training, to see when it first reaches the seed's
+   final loss.
 Both recipe runs stay in runs/time_to_loss/PRECISION/ (shipped/, early/), for export and the sample.
 Seconds are seconds of training: evaluations and saves are not counted (metrics.jsonl's train_seconds).
 
 Prints the seconds our recipe needs to reach the seed's final loss and the ratio; plots both curves into
 docs/time_to_loss.png (or --plot PATH).
 
-    python bench/time_to_loss.py [--seed-seconds 300] [--plot docs/time_to_loss.png] [key=value ...]
+    python bench/time_to_loss.py [--seed-seconds 300] [--early-every 20] [--plot docs/time_to_loss.png] [key=value ...]
 Trailing key=value overrides go to both recipe runs (e.g. train.mixed_precision=no).
 """
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seed-seconds", type=float, default=300)
     parser.add_argument("--seed-every", type=float, default=10)
     parser.add_argument("--early-seconds", type=float, default=60)
+    parser.add_argument("--early-every", type=int, default=20, help="steps between the early run's evaluations")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "time_to_loss.png"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -74,8 +76,12 @@ def main() -> None:
     planned = [e["step"] for e in shipped if "val_loss" in e][-1]  # where it ended
     early = recipe(
         runs / "early",
-        [*args.overrides, f"train.max_steps={planned}", "train.eval_every=20", "train.save_every=100000"]
-        + [f"train.max_minutes={args.early_seconds / 60 * 2}"],  # evaluations take about as long again
+        [*args.overrides, f"train.max_steps={planned}", f"train.eval_every={args.early_every}"]
+        # the clock counts the evaluations too: about as long as the training again every 20 steps, more if denser
+        + [
+            "train.save_every=100000",
+            f"train.max_minutes={args.early_seconds / 60 * (2 if args.early_every >= 20 else 3)}",
+        ],
     )
     ours = sorted(val_curve(early) + val_curve(shipped))
     reached = next((seconds for seconds, loss in ours if loss <= target), math.inf)
