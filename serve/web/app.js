@@ -38,6 +38,7 @@ function runtime() {
 }
 
 async function loadModel(bytes, name) {
+  running?.abort(); // a new model ends the generation of the old one
   clearMessage();
   const previous = sampler;
   sampler = null;
