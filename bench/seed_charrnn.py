@@ -191,7 +191,8 @@ def sample_speed(size: int, corpus: Path) -> float:
 
 if __name__ == "__main__":
     torch.set_num_threads(int(__import__("os").environ.get("THREADS", torch.get_num_threads())))
-    if sys.argv[1] == "train":
-        print(json.dumps({"chars_per_s": train_speed(int(sys.argv[2]), Path(sys.argv[3]))}))
+    if sys.argv[1] == "train":  # train STEPS CORPUS [BATCH]: a smaller batch only for gpu_check's dry run
+        batch = int(sys.argv[4]) if len(sys.argv) > 4 else 128
+        print(json.dumps({"chars_per_s": train_speed(int(sys.argv[2]), Path(sys.argv[3]), batch_size=batch)}))
     elif sys.argv[1] == "sample":
         print(json.dumps({"chars_per_s": sample_speed(int(sys.argv[2]), Path(sys.argv[3]))}))
