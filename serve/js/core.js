@@ -170,9 +170,10 @@ export function codePoint(ch) {
 
 export class Sampler {
   /** A sampler for the .onnx in `bytes` (a Uint8Array) on `ort` (onnxruntime-node or onnxruntime-web).
-   * `name` names the file in messages; `sessionOptions` go to ort.InferenceSession.create. */
-  static async create(ort, bytes, { name = 'the model', sessionOptions = {} } = {}) {
-    const info = describeModel(bytes, name);
+   * `name` names the file in messages; `sessionOptions` go to ort.InferenceSession.create; `info` is
+   * describeModel's object when the caller has read it already. */
+  static async create(ort, bytes, { name = 'the model', sessionOptions = {}, info = null } = {}) {
+    info ??= describeModel(bytes, name);
     let session;
     try {
       session = await ort.InferenceSession.create(bytes, { logSeverityLevel: 3, ...sessionOptions });

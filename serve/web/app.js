@@ -47,7 +47,7 @@ async function loadModel(bytes, name) {
     const ort = runtime();
     const info = describeModel(bytes, name); // a file that is not a charlstm cell fails here, before any WASM
     try {
-      sampler = await Sampler.create(ort, bytes, { name, sessionOptions: { executionProviders: ['wasm'] } });
+      sampler = await Sampler.create(ort, bytes, { name, info, sessionOptions: { executionProviders: ['wasm'] } });
       await sampler.generate('', 1, { topK: 1 }); // one step now: the first generation's chars/s is not a warm-up's
     } catch (e) {
       throw new SamplerError(`onnxruntime-web could not start its WebAssembly runtime or load ${name} `
