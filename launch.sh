@@ -51,7 +51,11 @@ train() {
   local config=$1; shift
   if [[ ! -f "$config" ]]; then echo "error: config file '$config' not found" >&2; exit 2; fi
   local gpus nproc
-  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  gpus=0
+  # ask torch only where a GPU driver is present: importing torch costs a CPU machine 2 s for every launch
+  if [[ -e /dev/nvidiactl || -e /dev/kfd ]] || command -v nvidia-smi >/dev/null; then
+    gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  fi
   nproc=${NPROC:-$gpus}
   [[ "$nproc" =~ ^[0-9]+$ ]] || { echo "error: NPROC must be a number, got '$nproc'" >&2; exit 2; }
   if (( gpus > 0 && nproc > gpus )); then

@@ -65,10 +65,10 @@ def table(rows: list[tuple], headers: tuple) -> str:
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def report(title: str, speeds: dict[str, list[float]], reference: str) -> None:
+def report(title: str, speeds: dict[str, list[float]], reference: str, against: str = "vs seed") -> None:
     """Medians, ratios against `reference` (the first column of the README's tables), and a JSON line."""
     base = median(speeds[reference])
     rows = [(name, f"{median(v):,.0f}", f"{median(v) / base:.2f}x") for name, v in speeds.items()]
     print(f"\n{title}, on {machine()}")
-    print(table(rows, ("contender", "chars/s (median)", "vs seed")))
+    print(table(rows, ("contender", "chars/s (median)", against)))
     print(json.dumps({k: median(v) for k, v in speeds.items()}))

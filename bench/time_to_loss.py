@@ -3,7 +3,8 @@
 1. The seed's method (bench/seed_charrnn.py: one-hot, 2 x 512, Adam 1e-3, batch 128 x 100, fp32) trains on the
    first 90% of Tiny Shakespeare for --seed-seconds (default 300), its validation loss on the last 10% measured
    every --seed-every seconds (evaluation time not counted).
-2. configs/shakespeare.yaml as a user runs it (train.max_steps=auto within its 10 minutes; auto precision).
+2. configs/shakespeare.yaml (or --config) as a user runs it (train.max_steps=auto within its 10 minutes; auto
+   precision).
 3. The same recipe with train.max_steps fixed to where run 2 ended (the same schedule, but for the few hundred
    steps before run 2 fixed its total, where the two learning rates differ by under 1%), evaluated every 20
    steps (--early-every) for its first --early-seconds of training, to see when it first reaches the seed's
@@ -14,7 +15,8 @@ Seconds are seconds of training: evaluations and saves are not counted (metrics.
 Prints the seconds our recipe needs to reach the seed's final loss and the ratio; plots both curves into
 docs/time_to_loss.png (or --plot PATH).
 
-    python bench/time_to_loss.py [--seed-seconds 300] [--early-every 20] [--plot docs/time_to_loss.png] [key=value ...]
+    python bench/time_to_loss.py [--config configs/shakespeare.yaml] [--seed-seconds 300] [--early-every 20]
+                                 [--plot docs/time_to_loss.png] [key=value ...]
 Trailing key=value overrides go to both recipe runs (e.g. train.mixed_precision=no).
 """
 
@@ -40,11 +42,11 @@ print(json.dumps(train_for({seconds}, {every}, Path({str(CORPUS)!r}))))
     return [tuple(point) for point in run_json(["-c", code])]
 
 
-def recipe(out: Path, overrides: list[str]) -> list[dict]:
+def recipe(config: str, out: Path, overrides: list[str]) -> list[dict]:
     code = f"""
 import json
 from trainer.train import main
-assert main(['--config', 'configs/shakespeare.yaml', 'data.path={CORPUS}', 'out_dir={out}', *{overrides!r}]) == 0
+assert main(['--config', {config!r}, 'data.path={CORPUS}', 'out_dir={out}', *{overrides!r}]) == 0
 print('{{}}')
 """
     run_json(["-c", code])
@@ -57,6 +59,7 @@ def val_curve(events: list[dict]) -> list[tuple[float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/shakespeare.yaml", help="the recipe to race the seed with")
     parser.add_argument("--seed-seconds", type=float, default=300)
     parser.add_argument("--seed-every", type=float, default=10)
     parser.add_argument("--early-seconds", type=float, default=60)
@@ -72,9 +75,10 @@ def main() -> None:
 
     runs = ROOT / "runs" / "time_to_loss" / choose_precision("auto", device_type()).mode  # kept: export reads it
     shutil.rmtree(runs, ignore_errors=True)
-    shipped = recipe(runs / "shipped", args.overrides)
+    shipped = recipe(args.config, runs / "shipped", args.overrides)
     planned = [e["step"] for e in shipped if "val_loss" in e][-1]  # where it ended
     early = recipe(
+        args.config,
         runs / "early",
         [*args.overrides, f"train.max_steps={planned}", f"train.eval_every={args.early_every}"]
         # the clock counts the evaluations too: about as long as the training again every 20 steps, more if denser
@@ -91,10 +95,10 @@ def main() -> None:
     print(f"the recipe reaches it after {reached:.1f} s of training: {seed[-1][0] / reached:.1f}x sooner")
     print(f"the recipe's final loss: {val_curve(shipped)[-1][1]:.4f} nats after {val_curve(shipped)[-1][0]:.0f} s")
     print(json.dumps({"seed": seed, "recipe": val_curve(shipped), "early": val_curve(early), "reached": reached}))
-    plot(seed, ours, target, reached, start["precision"], Path(args.plot))
+    plot(seed, ours, target, reached, start["precision"], Path(args.plot), args.config)
 
 
-def plot(seed, ours, target, reached, precision, path: Path, title: str | None = None) -> None:
+def plot(seed, ours, target, reached, precision, path: Path, config: str, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,7 +107,7 @@ def plot(seed, ours, target, reached, precision, path: Path, title: str | None =
     fig, ax = plt.subplots(figsize=(7, 4))
     seed, ours = [p for p in seed if p[0] > 0], [p for p in ours if p[0] > 0]  # a log axis has no 0 s
     ax.plot(*zip(*seed), "o-", ms=3, label="the seed's method (one-hot, 2 x 512, fp32)")
-    ax.plot(*zip(*ours), "o-", ms=3, label=f"configs/shakespeare.yaml ({'bf16' if precision == 'bf16' else 'fp32'})")
+    ax.plot(*zip(*ours), "o-", ms=3, label=f"{config} ({'bf16' if precision == 'bf16' else 'fp32'})")
     ax.axhline(target, color="gray", lw=0.8, ls="--")
     if math.isfinite(reached):
         ax.axvline(reached, color="gray", lw=0.8, ls=":")

@@ -18,6 +18,15 @@ def test_defaults_yaml_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads(path):
+    """A misspelt key or a bad value in a shipped recipe would otherwise surface only when a user runs it."""
+    cfg = load_config(path, [])
+    assert cfg.train.mixed_precision == "auto" and cfg.out_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("train.nope=1", "unknown config key 'train.nope'"),

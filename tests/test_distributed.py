@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import EMPTY_CONFIG, ROOT, TINY, assert_resumed, one_line_error, start_events
+from conftest import EMPTY_CONFIG, ROOT, TINY, assert_resumed, one_line_error, run_train, start_events
 
 from trainer.checkpoint import load_checkpoint
 
@@ -223,7 +223,7 @@ def test_max_steps_auto_on_two_processes(data, tmp_path):
 def test_non_finite_skip_is_agreed(data, tmp_path):
     """NaN in the carried state of the streams of process 1 only: process 0's loss is finite, yet both skip the
     step together (and zero their state), so 2 processes still end where 1 process ends."""
-    launch_ok(1, tmp_path / "base", data, *SCHEDULE, "train.max_steps=10")
+    assert run_train(data, *SCHEDULE, "train.max_steps=10", f"out_dir={tmp_path / 'base'}") == 0
     ckpt = load_checkpoint(tmp_path / "base" / "ckpt.pt")
     ckpt["streams"]["h"][4:] = float("nan")  # streams 4..7: those of process 1 of 2
     ends = {}
@@ -231,7 +231,11 @@ def test_non_finite_skip_is_agreed(data, tmp_path):
         out = tmp_path / f"on{nproc}"
         out.mkdir()
         torch.save(ckpt, out / "ckpt.pt")
-        ends[nproc] = launch_ok(nproc, out, data, *SCHEDULE)
+        if nproc == 1:  # in this process: a launch costs seconds of imports
+            assert run_train(data, *SCHEDULE, f"out_dir={out}") == 0
+            ends[nproc] = load_checkpoint(out / "ckpt.pt")
+        else:
+            ends[nproc] = launch_ok(nproc, out, data, *SCHEDULE)
         events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert [e["step"] for e in events if "skipped" in e] == [10]
     assert ends[1]["step"] == ends[2]["step"] == 20
@@ -276,10 +280,9 @@ def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
         killed_at.append(load_checkpoint(tmp_path / "killed" / "ckpt.pt")["step"])  # always readable
     # a kill inside the save of step k leaves step k-1: the file is always whole
     assert killed_at == sorted(killed_at) and killed_at[-1] >= 69
-    subprocess.run([sys.executable, *args, f"out_dir={tmp_path / 'killed'}"], cwd=ROOT, check=True, capture_output=True)
-    subprocess.run(
-        [sys.executable, *args, f"out_dir={tmp_path / 'straight'}"], cwd=ROOT, check=True, capture_output=True
-    )
+    # the resume and the uninterrupted run go in this process (the same arguments): a launch costs seconds
+    assert run_train(data, *LONG, "train.save_every=1", f"out_dir={tmp_path / 'killed'}") == 0
+    assert run_train(data, *LONG, "train.save_every=1", f"out_dir={tmp_path / 'straight'}") == 0
     # each launch after a kill began at the step its predecessor had saved last
     assert [e["resumed_from"] for e in start_events(tmp_path / "killed")] == [None, *killed_at]
     resumed = load_checkpoint(tmp_path / "killed" / "ckpt.pt")

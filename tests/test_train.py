@@ -1,6 +1,7 @@
 import hashlib
 import json
 import math
+import signal
 import time
 
 import pytest
@@ -434,14 +435,14 @@ def test_max_steps_auto_fits_the_schedule_into_the_budget(corpus_100k, tmp_path,
     """train.max_steps=auto: the first steps are timed, the total is fixed, logged and saved, and the run ends on
     that total (not on the clock) with the cosine at its end, inside train.max_minutes. A resumed run keeps the
     total it was given instead of timing again."""
-    budget = ["train.max_steps=auto", "train.max_minutes=0.25", "train.eval_every=200", "train.save_every=400"]
+    budget = ["train.max_steps=auto", "train.max_minutes=0.15", "train.eval_every=200", "train.save_every=400"]
     started = time.monotonic()
     assert run_train(f"data.path={corpus_100k}", *budget, f"out_dir={tmp_path / 'whole'}") == 0
-    assert time.monotonic() - started < 0.25 * 60 + 10  # the budget, and a few seconds of setup and the end
+    assert time.monotonic() - started < 0.15 * 60 + 10  # the budget, and a few seconds of setup and the end
     events = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    plans = [e for e in events if "seconds_per_step" in e]  # the plan, then any revision down
+    plans = [e for e in events if "seconds_per_step" in e]  # the plan, then any revision
     assert plans[0]["revised"] is None and plans[0]["max_steps"] > plans[0]["step"] + 100
-    assert all(later["max_steps"] < earlier["max_steps"] for earlier, later in zip(plans, plans[1:]))
+    assert_revisions_keep_the_rule(plans)
     ckpt = load_checkpoint(tmp_path / "whole" / "ckpt.pt")
     assert ckpt["step"] == ckpt["max_steps"] == plans[-1]["max_steps"]  # ended by the schedule, not the clock
     assert [e["lr"] for e in events if "lr" in e][-1] == pytest.approx(0.0005, rel=1e-3)  # train.min_lr
@@ -456,9 +457,67 @@ def test_max_steps_auto_fits_the_schedule_into_the_budget(corpus_100k, tmp_path,
     assert resumed_start["max_steps"] == first["max_steps"]  # the saved total, not a new plan
     events = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     after = [e for e in events[events.index(resumed_start) :] if "seconds_per_step" in e]
-    assert all(e["revised"] is not None for e in after)  # at most revised down, never planned afresh
-    totals = [first["max_steps"]] + [e["max_steps"] for e in after]
-    assert load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == totals[-1] == min(totals)
+    assert all(e["revised"] is not None for e in after)  # at most revised, never planned afresh
+    assert_revisions_keep_the_rule([{"step": first["step"], "max_steps": first["max_steps"]}, *after])
+    assert load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == ([first] + after)[-1]["max_steps"]
+
+
+def assert_revisions_keep_the_rule(plans: list[dict]) -> None:
+    """Each revision shortens the run, or lengthens it by 2% or more while the run is in its first half."""
+    for earlier, later in zip(plans, plans[1:]):
+        shorter = later["max_steps"] < earlier["max_steps"]
+        longer_early = later["max_steps"] >= 1.02 * earlier["max_steps"] and later["step"] < earlier["max_steps"] / 2
+        assert shorter or longer_early, (earlier, later)
+
+
+def test_max_steps_auto_revises_up_early_and_down_any_time(monkeypatch):
+    """The budget's arithmetic on a fake clock: the first steps are slow (0.3 s), the plan is fixed from them;
+    the machine speeds up (0.2 s), so the first evaluation lengthens the run; past half the run a faster
+    machine changes nothing; a machine that slows down shortens the run at once."""
+    from types import SimpleNamespace
+
+    import trainer.step
+    from trainer.step import Budget
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer.step.time, "monotonic", lambda: clock[0])
+    cfg = SimpleNamespace(train=SimpleNamespace(max_minutes=10, max_steps="auto", eval_every=500))
+    run = SimpleNamespace(
+        cfg=cfg,
+        is_main=True,
+        step=0,
+        resumed_from=None,
+        max_steps=None,
+        device="cpu",
+        events=[],
+        accelerator=SimpleNamespace(num_processes=1),
+        evaluate=lambda: clock.__setitem__(0, clock[0] + 2.0),
+    )
+    run.log, run.say = run.events.append, lambda line: None
+    budget = Budget(run)
+
+    def train_until(step: int, seconds_per_step: float) -> None:
+        while run.step < step:
+            planning = budget.ready_to_plan(run)
+            clock[0] += seconds_per_step
+            run.step += 1
+            if planning:
+                budget.evaluate(run)
+
+    train_until(200, 0.3)  # planned after 20 steps and 3% of the budget (18 s): 0.3 s a step
+    first = run.max_steps
+    assert run.events[0]["seconds_per_step"] == pytest.approx(0.3, rel=0.05) and 1700 < first < 1900
+    train_until(500, 0.2)
+    budget.evaluate(run)  # the steps so far average under 0.3 s: more fit, and step 500 < half the run
+    assert run.max_steps >= 1.02 * first
+    grown = run.max_steps
+    train_until(1500, 0.1)  # faster still, but past half the run: no change
+    budget.evaluate(run)
+    assert run.max_steps == grown
+    train_until(1700, 1.5)  # a machine that slowed down: shorter, at once
+    budget.evaluate(run)
+    assert run.max_steps < grown
+    assert_revisions_keep_the_rule(run.events)
 
 
 def test_an_out_dir_trained_on_another_text_is_refused(tiny_run, corpus_100k, tmp_path, capsys):
@@ -476,11 +535,12 @@ def test_an_out_dir_trained_on_another_text_is_refused(tiny_run, corpus_100k, tm
 
 def test_one_run_at_a_time_on_an_out_dir(corpus_100k, tmp_path):
     """A second run on an out_dir that a live run holds is refused in one line and changes nothing; the first
-    run goes on to its end, and its metrics hold each step once."""
+    run goes on undisturbed (stopped by Ctrl-C once the second is refused: it saves and exits 0), and its
+    metrics hold each step once."""
     from conftest import run_cli_background
 
     command = ["-m", "trainer.train", "--config", str(EMPTY_CONFIG), *TINY, f"data.path={corpus_100k}"]
-    command += ["train.max_steps=1500", "train.log_every=1", "train.eval_every=500", "train.sample_chars=0"]
+    command += ["train.max_steps=5000", "train.log_every=1", "train.eval_every=500", "train.sample_chars=0"]
     command += [f"out_dir={tmp_path}"]
     first = run_cli_background(*command)
     try:
@@ -490,11 +550,14 @@ def test_one_run_at_a_time_on_an_out_dir(corpus_100k, tmp_path):
         second = run_cli(*command)  # the same command again, while the first run lives
         assert second.returncode == 2
         assert f"is in use by another run (process {first.pid})" in one_line_error(second.stderr)
+        assert first.poll() is None, "the first run ended before the second was refused"
+        first.send_signal(signal.SIGINT)
     finally:
         assert first.wait(timeout=300) == 0
+    stopped_at = load_checkpoint(tmp_path / "ckpt.pt")["step"]
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [e["step"] for e in events if "train_loss" in e]
-    assert trained == list(range(1, 1501)) and len(start_events(tmp_path)) == 1
+    assert 1 <= stopped_at < 5000 and trained == list(range(1, stopped_at + 1)) and len(start_events(tmp_path)) == 1
 
 
 def test_extending_a_finished_run_keeps_its_schedule(corpus_100k, tmp_path):

@@ -144,15 +144,18 @@ class Budget:
     With `auto`, the steps after WARM_STEPS are timed for PROBE_STEPS steps and at least PROBE_SHARE of the
     budget, one evaluation is timed, and the total is set so that the steps left and their evaluations end
     inside SAFETY of the budget: the cosine schedule then completes on any machine. Until then the learning rate
-    stays at its peak after the warmup. After each later evaluation the total is revised down if the steps so
-    far say it would overrun (a machine that slowed down); it never grows. The total is saved in the checkpoint,
-    so a resumed run keeps it (exact resume); the clock still stops a run that overruns anyway.
+    stays at its peak after the warmup. After each later evaluation the total is revised to what the steps so far
+    say fits: down whenever it would overrun (a machine that slowed down), up by GROW or more only in the first
+    half of the run (the first steps are often the slowest; late in the cosine a longer horizon would bend its
+    tail). The total is saved in the checkpoint, so a resumed run keeps it (exact resume); the clock still
+    stops a run that overruns anyway.
     """
 
     WARM_STEPS = 3  # the first steps of a launch build kernels and allocate: not timed
     PROBE_STEPS = 20
     PROBE_SHARE = 0.03  # of the budget: long enough to average out a noisy machine
     SAFETY = 0.95  # the share of the budget that the plan may fill
+    GROW = 1.02  # a revision up must add at least this share of steps: no churn for a few steps
 
     def __init__(self, run: Run):
         self.minutes = run.cfg.train.max_minutes
@@ -201,7 +204,8 @@ class Budget:
                 # steps s with s * per_step + (s / eval_every + 1) * eval_seconds <= left
                 fits = (left - self.eval_seconds) / (per_step + self.eval_seconds / run.cfg.train.eval_every)
                 total = float(run.step + max(0, int(fits)))
-                if planned is not None and total >= planned:  # revisions only shorten
+                grows = planned is not None and total >= self.GROW * planned and run.step < planned / 2
+                if planned is not None and total >= planned and not grows:
                     total = -1.0
         total = torch.tensor(total, device=run.device)
         if run.accelerator.num_processes > 1:
