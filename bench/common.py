@@ -55,6 +55,20 @@ def run_json(args: list[str], env: dict | None = None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def train_chars_per_s(config: str, overrides: list[str]) -> list[float]:
+    """Train CONFIG with OVERRIDES in a fresh process, into a temporary out_dir: the chars/s of each log event."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        code = (
+            "import json; from trainer.train import main; "
+            f"main(['--config', {config!r}, 'data.path={CORPUS}', 'out_dir={out}', *{overrides!r}]); "
+            f"print(json.dumps([json.loads(l)['chars_per_s'] for l in open('{out}/metrics.jsonl') "
+            "if 'chars_per_s' in l]))"
+        )
+        return run_json(["-c", code])
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -12,9 +12,8 @@ of all rounds (the first steps of each run are warm-up and not counted).
 from __future__ import annotations
 
 import argparse
-import tempfile
 
-from common import CORPUS, median, report, run_json
+from common import median, report, train_chars_per_s
 
 WARMUP = 4  # log events (one every 5 steps) of warm-up: the first 20 steps
 SHAPES = {  # contender -> overrides of configs/shakespeare.yaml
@@ -27,16 +26,8 @@ SHAPES = {  # contender -> overrides of configs/shakespeare.yaml
 
 
 def chars_per_s(steps: int, overrides: list[str]) -> list[float]:
-    with tempfile.TemporaryDirectory() as out:
-        fixed = ["train.max_minutes=null", "train.eval_every=100000", "train.save_every=100000", "train.log_every=5"]
-        code = (
-            "import sys, json; from trainer.train import main; "
-            f"main(['--config', 'configs/shakespeare.yaml', 'data.path={CORPUS}', 'out_dir={out}', "
-            f"'train.max_steps={steps}', *{[*fixed, *overrides]!r}]); "
-            f"print(json.dumps([json.loads(l)['chars_per_s'] for l in open('{out}/metrics.jsonl') "
-            "if 'chars_per_s' in l]))"
-        )
-        return run_json(["-c", code])
+    fixed = ["train.max_minutes=null", "train.eval_every=100000", "train.save_every=100000", "train.log_every=5"]
+    return train_chars_per_s("configs/shakespeare.yaml", [f"train.max_steps={steps}", *fixed, *overrides])
 
 
 def main() -> None:

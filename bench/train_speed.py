@@ -11,9 +11,8 @@ a fresh process, in alternating rounds; the figure is the median over the measur
 from __future__ import annotations
 
 import argparse
-import tempfile
 
-from common import CORPUS, median, report, run_json
+from common import CORPUS, median, report, run_json, train_chars_per_s
 
 WARMUP = 2
 OURS = [
@@ -37,15 +36,8 @@ OURS = [
 
 
 def ours(steps: int, precision: str, *extra: str) -> list[float]:
-    with tempfile.TemporaryDirectory() as out:
-        code = (
-            "import sys, json; from trainer.train import main; "
-            f"main(['--config', 'configs/tiny.yaml', 'data.path={CORPUS}', 'out_dir={out}', "
-            f"'train.max_steps={steps}', 'train.mixed_precision={precision}', *{[*OURS, *extra]!r}]); "
-            f"print(json.dumps([json.loads(l)['chars_per_s'] for l in open('{out}/metrics.jsonl') "
-            "if 'chars_per_s' in l]))"
-        )
-        return run_json(["-c", code])
+    overrides = [f"train.max_steps={steps}", f"train.mixed_precision={precision}", *OURS, *extra]
+    return train_chars_per_s("configs/tiny.yaml", overrides)
 
 
 def main() -> None:
