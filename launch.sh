@@ -13,7 +13,8 @@ How many processes:
   one GPU or none     one process
   NPROC=N             N processes (on a CPU machine: torchrun with gloo; with GPUs: the first N)
 Several machines: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each; they are passed on.
-Other variables: PYTHON (default .venv/bin/python if present, else python3).
+Other variables: PYTHON (default .venv/bin/python if present, else python3); OMP_NUM_THREADS (threads per
+process; on a CPU machine the default shares the cores out: 2 processes on 16 cores get 8 each).
 
 SIGTERM or SIGINT (Ctrl-C) reach the training processes only: they finish the current step, write
 ckpt.pt and exit 0. Run the same command again to resume, with any number of processes.
@@ -25,6 +26,15 @@ if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON
 elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
 else PY=python3; fi
 BIN=$(dirname "$(command -v "$PY")")
+# The cores this process may run on: physical ones (hyperthreads add little to matrix work), within its CPU set
+CORES='import os
+allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+try:
+    import psutil
+    physical = psutil.cpu_count(logical=False) or allowed
+except ImportError:
+    physical = allowed
+print(max(1, min(physical, allowed)))'
 
 # Run a command in its own session; forward SIGTERM/SIGINT to its worker processes (not to a launcher,
 # which would kill them and exit non-zero), then wait for them to save and exit.
@@ -77,6 +87,13 @@ train() {
     if [[ -n "${NNODES:-}" ]]; then
       rendezvous=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
                   --master_port "${MASTER_PORT:-29500}")
+    fi
+    if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
+      # torchrun would give every process 1 thread: share this machine's cores out instead (2 processes on 16
+      # cores: 8 threads each), never more threads than cores (which makes every step wait on the others)
+      local cores
+      cores=$("$PY" -c "$CORES" 2>/dev/null || echo 1)
+      export OMP_NUM_THREADS=$(( cores > nproc ? cores / nproc : 1 ))
     fi
     run_forwarding_signals "$PY" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node "$nproc" \
       trainer/train.py --config "$config" "$@"

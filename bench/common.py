@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -15,9 +16,34 @@ sys.path.insert(0, str(ROOT))
 
 from trainer.data import resolve_corpus  # noqa: E402 (after the path setup: the benchmarks run as scripts)
 
-# The benchmarks' text: Tiny Shakespeare, resolved the trainer's way (downloaded once into the user cache and
-# checked by sha256); CHARLSTM_BENCH_CORPUS names another data.path (a file, or builtin:python-stdlib).
-CORPUS = resolve_corpus(os.environ.get("CHARLSTM_BENCH_CORPUS", "tinyshakespeare"))
+# The training shape of the speed benchmarks (bench/train_speed.py, and the GPU check's speed stage): the seed's
+# 2 x 512 LSTM at batch 128 x sequence 100, dropout 0.5, clip 5, Adam 1e-3, nothing it lacks (no AR/TAR, no
+# average), no evaluations or saves inside the measured steps.
+SPEED_SHAPE = [
+    "model.embed=64",
+    "model.hidden=512",
+    "model.layers=2",
+    "model.dropout=0.5",
+    "train.batch_size=128",
+    "train.seq_len=100",
+    "train.lr=0.001",
+    "train.grad_clip=5",
+    "train.warmup_steps=0",
+    "train.ema_decay=0",
+    "train.activation_reg=0",
+    "train.temporal_reg=0",
+    "train.eval_every=100000",
+    "train.save_every=100000",
+    "data.val_fraction=0.01",
+    "train.max_minutes=null",
+]
+
+
+@functools.cache
+def corpus() -> Path:
+    """The benchmarks' text: Tiny Shakespeare, resolved the trainer's way (downloaded once into the user cache
+    and checked by sha256); CHARLSTM_BENCH_CORPUS names another data.path (a file, or builtin:python-stdlib)."""
+    return resolve_corpus(os.environ.get("CHARLSTM_BENCH_CORPUS", "tinyshakespeare"))
 
 
 def machine() -> str:
@@ -55,14 +81,16 @@ def run_json(args: list[str], env: dict | None = None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def train_chars_per_s(config: str, overrides: list[str]) -> list[float]:
-    """Train CONFIG with OVERRIDES in a fresh process, into a temporary out_dir: the chars/s of each log event."""
+def train_chars_per_s(config: str | None, overrides: list[str]) -> list[float]:
+    """Train CONFIG (None: the defaults) with OVERRIDES in a fresh process, into a temporary out_dir: the chars/s
+    of each log event."""
     import tempfile
 
+    config_args = ["--config", config] if config else []
     with tempfile.TemporaryDirectory() as out:
         code = (
             "import json; from trainer.train import main; "
-            f"main(['--config', {config!r}, 'data.path={CORPUS}', 'out_dir={out}', *{overrides!r}]); "
+            f"main([*{config_args!r}, 'data.path={corpus()}', 'out_dir={out}', *{overrides!r}]); "
             f"print(json.dumps([json.loads(l)['chars_per_s'] for l in open('{out}/metrics.jsonl') "
             "if 'chars_per_s' in l]))"
         )

@@ -11,11 +11,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import CORPUS, machine, median, run_json, table
+from common import corpus, machine, median, run_json, table
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
-    text = CORPUS.read_text(encoding="utf-8")
+    text = corpus().read_text(encoding="utf-8")
     accented = text.replace("e ", "é ").replace("n,", "ñ,").replace("?\n", "?¿\n").replace("!\n", "¡!\n")
     accented = accented.replace("--", "—").replace(":\n", ": 🙂\n")
     block = (text + accented).encode("utf-8")

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import CORPUS, ROOT, median, report, run_json
+from common import ROOT, corpus, median, report, run_json
 
 
 def make_models(folder: Path) -> tuple[Path, Path]:
@@ -29,7 +29,7 @@ from trainer.config import Config
 from trainer.model import build_model
 cfg = Config()
 cfg.model.embed, cfg.model.hidden, cfg.model.layers = 64, 512, 2
-vocab = sorted(set(open({str(CORPUS)!r}, encoding='utf-8').read()))
+vocab = sorted(set(open({str(corpus())!r}, encoding='utf-8').read()))
 torch.manual_seed(0)
 model = build_model(len(vocab), cfg.model)
 save_checkpoint({str(folder / "model.pt")!r}, dict(format=FORMAT, model=model.state_dict(), vocab=vocab,
@@ -37,7 +37,7 @@ save_checkpoint({str(folder / "model.pt")!r}, dict(format=FORMAT, model=model.st
 print('{{}}')
 """
     run_json(["-c", code])
-    for extra in ([], ["--int8", "--eval-text", str(CORPUS)]):
+    for extra in ([], ["--int8", "--eval-text", str(corpus())]):
         run_json(
             [
                 "-c",
@@ -102,7 +102,7 @@ def main() -> None:
         fp32, int8 = make_models(Path(tmp))
         contenders = {
             "seed (PyTorch, 1 forward/char)": lambda: run_json(
-                ["bench/seed_charrnn.py", "sample", str(args.chars), str(CORPUS)]
+                ["bench/seed_charrnn.py", "sample", str(args.chars), str(corpus())]
             )["chars_per_s"]
         }
         runtimes = {"Python": lambda m, c, n: ours(m, c, n, args.threads), "Node.js": node}

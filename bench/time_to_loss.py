@@ -28,7 +28,7 @@ import math
 import shutil
 from pathlib import Path
 
-from common import CORPUS, ROOT, machine, run_json
+from common import ROOT, corpus, machine, run_json
 
 
 def seed_curve(seconds: float, every: float) -> list[tuple[float, float]]:
@@ -37,7 +37,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, 'bench')
 from seed_charrnn import train_for
-print(json.dumps(train_for({seconds}, {every}, Path({str(CORPUS)!r}))))
+print(json.dumps(train_for({seconds}, {every}, Path({str(corpus())!r}))))
 """
     return [tuple(point) for point in run_json(["-c", code])]
 
@@ -46,7 +46,7 @@ def recipe(config: str, out: Path, overrides: list[str]) -> list[dict]:
     code = f"""
 import json
 from trainer.train import main
-assert main(['--config', {config!r}, 'data.path={CORPUS}', 'out_dir={out}', *{overrides!r}]) == 0
+assert main(['--config', {config!r}, 'data.path={corpus()}', 'out_dir={out}', *{overrides!r}]) == 0
 print('{{}}')
 """
     run_json(["-c", code])

@@ -12,32 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from common import CORPUS, median, report, run_json, train_chars_per_s
+from common import SPEED_SHAPE, corpus, median, report, run_json, train_chars_per_s
 
 WARMUP = 2
-OURS = [
-    "model.embed=64",
-    "model.hidden=512",
-    "model.layers=2",
-    "model.dropout=0.5",
-    "train.batch_size=128",
-    "train.seq_len=100",
-    "train.lr=0.001",
-    "train.grad_clip=5",
-    "train.warmup_steps=0",
-    "train.log_every=1",
-    "train.eval_every=100000",
-    "train.save_every=100000",
-    "data.val_fraction=0.01",
-    "train.max_minutes=null",
-    "train.activation_reg=0",  # the quickstart's AR/TAR cost little, but the seed has nothing like them
-    "train.temporal_reg=0",
-]
 
 
 def ours(steps: int, precision: str, *extra: str) -> list[float]:
-    overrides = [f"train.max_steps={steps}", f"train.mixed_precision={precision}", *OURS, *extra]
-    return train_chars_per_s("configs/tiny.yaml", overrides)
+    overrides = [*SPEED_SHAPE, "train.log_every=1", f"train.max_steps={steps}", f"train.mixed_precision={precision}"]
+    return train_chars_per_s(None, [*overrides, *extra])
 
 
 def main() -> None:
@@ -54,7 +36,7 @@ def main() -> None:
     }
     for round_ in range(args.rounds):
         speeds["seed (one-hot, fp32)"] += run_json(
-            ["bench/seed_charrnn.py", "train", str(args.steps + WARMUP), str(CORPUS)]
+            ["bench/seed_charrnn.py", "train", str(args.steps + WARMUP), str(corpus())]
         )["chars_per_s"][WARMUP:]
         speeds["charlstm fp32"] += ours(args.steps + WARMUP, "no")[WARMUP:]
         speeds["charlstm bf16"] += ours(args.steps + WARMUP, "bf16")[WARMUP:]

@@ -76,15 +76,19 @@ def announce(run: Run) -> None:
     cfg, corpus = run.cfg, run.corpus
     params = sum(p.numel() for p in run.bare.parameters())
     processes = run.accelerator.num_processes
+    threads = torch.get_num_threads()  # per process; on a CPU, N processes share the machine's cores
     resumed = f", resumed at step {run.step}" if run.resumed_from is not None else ""
     run.say(f"precision {cfg.train.mixed_precision} -> {run.precision.mode} ({run.precision.reason})")
     run.say(
         f"{len(corpus.ids):,} chars, vocab {len(corpus.vocab)}, {params / 1e6:.2f}M params, {processes} "
-        f"process(es) on {run.device.type}, {run.streams.windows_per_epoch} windows/epoch{resumed}"
+        f"process(es) on {run.device.type}"
+        + (f" ({threads} thread(s) each)" if run.device.type == "cpu" else "")
+        + f", {run.streams.windows_per_epoch} windows/epoch{resumed}"
     )
     run.log(
         {"step": run.step, "start": True, "resumed_from": run.resumed_from, "processes": processes}
-        | {"precision": run.precision.mode, "max_steps": run.max_steps, "init_from": cfg.train.init_from}
+        | {"threads": threads, "precision": run.precision.mode, "max_steps": run.max_steps}
+        | {"init_from": cfg.train.init_from}
     )
 
 
