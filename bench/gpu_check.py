@@ -108,19 +108,22 @@ class Check:
     def speed(self, corpus: str) -> dict:
         steps = 3 if self.dry_run else 300
         shape = [*SPEED_SHAPE, "train.log_every=10", *(TINY_SHAPE if self.dry_run else [])]
-        figures = {}
+        figures: dict = {"exit": 0}  # the first failure's exit code: one contender failing fails the stage
         batch = ["8"] if self.dry_run else []  # the dry run checks that it runs, not how fast
         seed = self.run(["bench/seed_charrnn.py", "train", str(steps), self.resolved(corpus), *batch], timeout=150)
         if seed.returncode == 0:
             speeds = json.loads(seed.stdout.strip().splitlines()[-1])["chars_per_s"]
             figures["seed fp32"] = _median(speeds[len(speeds) // 5 :])
+        figures["exit"] = figures["exit"] or seed.returncode
         precisions = ["no"] if self.dry_run else ["no", "bf16", "fp16"]
         for precision in precisions:
             out = self.out / f"speed_{precision}"
             args = [*shape, f"train.max_steps={steps}", f"train.mixed_precision={precision}", f"data.path={corpus}"]
-            if self.run(["-m", "trainer.train", *args, f"out_dir={out}"], timeout=150).returncode == 0:
+            result = self.run(["-m", "trainer.train", *args, f"out_dir={out}"], timeout=150)
+            if result.returncode == 0:
                 speeds = [e["chars_per_s"] for e in _events(out) if "chars_per_s" in e]
                 figures[f"charlstm {'fp32/TF32' if precision == 'no' else precision}"] = _median(speeds[1:] or speeds)
+            figures["exit"] = figures["exit"] or result.returncode
         return figures
 
     def recipe(self, corpus: str) -> dict:

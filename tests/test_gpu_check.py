@@ -34,3 +34,24 @@ def test_gpu_check_dry_run(tmp_path):
 def test_gpu_check_needs_an_out_dir():
     result = subprocess.run([str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True)
     assert result.returncode == 2 and "OUT_DIR" in result.stdout
+
+
+def test_a_failed_contender_fails_its_stage(tmp_path, monkeypatch):
+    """The speed stage runs several contenders: one of them failing marks the stage failed, not ok with a figure
+    missing (a GPU machine's one call must say what broke)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import gpu_check
+
+    check = gpu_check.Check(tmp_path, dry_run=True)
+    exits = iter([0, 1])  # the seed's method runs; the trainer fails
+
+    def fake_run(args, timeout):
+        code = next(exits, 0)
+        stdout = '{"chars_per_s": [1.0, 2.0, 3.0]}' if code == 0 else ""
+        return subprocess.CompletedProcess(args, code, stdout, "")
+
+    monkeypatch.setattr(check, "run", fake_run)
+    monkeypatch.setattr(check, "resolved", lambda corpus: corpus)
+    check.stage("speed", lambda: check.speed("tests/data/english.txt"))
+    stage = json.loads((tmp_path / "gpu_check.json").read_text())["stages"]["speed"]
+    assert stage["status"] == "failed" and stage["exit"] == 1 and stage["seed fp32"] > 0
