@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         help="prime characters outside the vocabulary: error (default) or skip them",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     args = parser.parse_args(argv)
     try:
         if args.prime_file and args.prime:

@@ -91,6 +91,8 @@ def load_model(path: str | Path, device: str = "auto", threads: int | None = Non
     path = Path(path)
     if device not in ("auto", "cpu", "cuda"):
         raise SamplerError(f"device must be auto, cpu or cuda, got {device!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise SamplerError(f"threads must be an integer >= 1 (leave it out for onnxruntime's default), got {threads}")
     if not path.is_file():
         raise SamplerError(f"model {str(path)!r} does not exist" if not path.exists() else f"{path} is not a file")
     available = ort.get_available_providers()

@@ -171,6 +171,7 @@ def test_the_seeds_own_call_on_a_spanish_model(spanish_onnx):
         (["--length", "-5"], "length must be an integer >= 0"),
         (["--num-samples", "0"], "num_samples must be an integer >= 1"),
         (["--prime-file", "/nonexistent/prime.txt"], "does not exist"),
+        (["--threads", "0"], "threads must be an integer >= 1"),
     ],
 )
 def test_bad_sampling_options(trained_onnx, args, message, capsys):
@@ -270,6 +271,10 @@ def test_javascript_greedy_equals_python(trained_onnx, spanish_onnx):
         ["node", str(JS / "sample.js"), str(trained_onnx), "--prime", "☃"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "does not know: '☃' (U+2603)" in one_line_error(bad.stderr)
+    bad = subprocess.run(
+        ["node", str(JS / "sample.js"), str(trained_onnx), "--threads", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "threads must be an integer >= 1" in one_line_error(bad.stderr)
     meta = json.loads(
         subprocess.run(
             [

@@ -19,7 +19,10 @@ export async function loadSampler(path, { device = 'cpu', threads = null } = {})
   } catch (e) {
     throw new SamplerError(e.code === 'ENOENT' ? `model '${path}' does not exist` : `cannot read model '${path}' (${e.code || e.message})`);
   }
+  if (threads !== null && !(Number.isInteger(threads) && threads >= 1)) {
+    throw new SamplerError(`threads must be an integer >= 1 (leave it out for onnxruntime's default), got ${threads}`);
+  }
   const sessionOptions = { executionProviders: device === 'cuda' ? ['cuda'] : ['cpu'] };
-  if (threads) sessionOptions.intraOpNumThreads = threads;
+  if (threads !== null) sessionOptions.intraOpNumThreads = threads;
   return Sampler.create(ort, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { name: path, sessionOptions });
 }
