@@ -226,9 +226,24 @@ def check_output_path(out: Path) -> None:
         raise UserError(f"output {out} is not writable")
 
 
+def check_options(opset: int, int8_limit: float) -> None:
+    """The numbers of the command line, before any work. Below opset 18 the exporter falls back to 18 or fails
+    deep inside onnx's version converter; above the installed onnx's newest it cannot write at all."""
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise UserError(f"--opset {opset}: the exporter writes opsets {DEFAULT_OPSET} to {newest} (the installed onnx)")
+    if not math.isfinite(int8_limit):
+        raise UserError(f"--int8-limit must be a number of percent, got {int8_limit:g}")
+
+
+def written_opset(proto: onnx.ModelProto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def export(
     ckpt_path: Path, out: Path | None, opset: int, int8: bool, eval_text: str | None, int8_limit: float = INT8_LIMIT
 ) -> list[str]:
+    check_options(opset, int8_limit)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path)
     if out is None:
@@ -242,6 +257,8 @@ def export(
         proto = to_onnx(model, opset)
     except Exception as e:  # the exporter raises many types; one line is what a user needs
         raise UserError(f"the ONNX exporter failed at opset {opset}: {str(e).strip().splitlines()[0][:200]}") from None
+    if written_opset(proto) != opset:  # the exporter may fall back to another opset without a word
+        raise UserError(f"--opset {opset}: the exporter wrote opset {written_opset(proto)} instead; nothing written")
     set_metadata(proto, ckpt)
     text, source = reference_text(ckpt, model, eval_text, min_chars=2 * (50 + PARITY_CHARS) * 4)
     with tempfile.TemporaryDirectory(dir=out.parent if str(out.parent) else ".", prefix=".export-") as tmp:

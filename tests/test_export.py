@@ -181,6 +181,8 @@ def test_bad_checkpoints(tmp_path, tiny_run, capsys):
     cases = {}
     (tmp_path / "garbage.pt").write_bytes(b"\x00\x01 not a checkpoint")
     cases["garbage.pt"] = "not a charlstm checkpoint"
+    (tmp_path / "text.pt").write_text("hi\n")  # the unpickler fails with a KeyError on these bytes
+    cases["text.pt"] = "not a charlstm checkpoint (unreadable or truncated: KeyError"
     torch.save({"model": {}, "vocab": ["a"]}, tmp_path / "partial.pt")
     cases["partial.pt"] = "missing keys: config, step, val_loss"
     with open(tmp_path / "evil.pt", "wb") as f:
@@ -214,6 +216,27 @@ def test_bad_output_paths(tiny_run, tmp_path, capsys):
     assert "does not exist" in one_line_error(capsys.readouterr().err)
     assert export_main([str(tiny_run / "ckpt.pt"), "-o", str(tmp_path)]) == 2
     assert "is a folder" in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--opset", "17"], "--opset 17: the exporter writes opsets 18 to"),  # it would fall back to 18 unsaid
+        (["--opset", "5"], "--opset 5: the exporter writes opsets 18 to"),
+        (["--opset", "99"], "--opset 99: the exporter writes opsets 18 to"),
+        (["--int8", "--int8-limit", "nan"], "--int8-limit must be a number of percent, got nan"),
+    ],
+)
+def test_bad_export_options(tiny_run, tmp_path, capsys, args, message):
+    out = tmp_path / "m.onnx"
+    assert export_main([str(tiny_run / "ckpt.pt"), "-o", str(out), *args]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_opset_asked_for_is_the_opset_written(tiny_run, tmp_path):
+    assert export_main([str(tiny_run / "ckpt.pt"), "-o", str(tmp_path / "m.onnx"), "--opset", "19"]) == 0
+    assert export_onnx.written_opset(onnx.load(str(tmp_path / "m.onnx"))) == 19
 
 
 def test_failed_verification_leaves_nothing(tiny_run, tmp_path, capsys, monkeypatch):
