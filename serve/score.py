@@ -36,7 +36,7 @@ def score(
     ids = sampler.encode(text, unknown)
     if len(ids) < 2:
         raise SamplerError("the text needs at least 2 known characters to score")
-    batch = streams or int(sampler.config.get("train", {}).get("batch_size", 1))
+    batch = streams if streams is not None else int(sampler.config.get("train", {}).get("batch_size", 1))
     if batch < 1:
         raise SamplerError(f"streams must be >= 1, got {batch}")
     batch = min(batch, len(ids) - 1)

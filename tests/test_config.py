@@ -69,6 +69,8 @@ def test_bad_files(tmp_path):
     (tmp_path / "broken.yaml").write_text("model: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,9 @@ def test_score_bad_text(trained_onnx, tmp_path, capsys):
     (tmp_path / "one.txt").write_text("a")
     assert score_main([str(trained_onnx), str(tmp_path / "one.txt")]) == 2
     assert "at least 2" in one_line_error(capsys.readouterr().err)
+    (tmp_path / "two.txt").write_text("ROMEO:")
+    assert score_main([str(trained_onnx), str(tmp_path / "two.txt"), "--streams", "0"]) == 2  # not the default
+    assert "streams must be >= 1, got 0" in one_line_error(capsys.readouterr().err)
 
 
 JS = ROOT / "serve" / "js"

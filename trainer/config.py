@@ -263,10 +263,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {str(path)!r} not found")
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} is not a file")
         try:
             values = load_yaml(path.read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(values, dict):
