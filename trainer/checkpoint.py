@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 "executed; a charlstm checkpoint holds only tensors and plain data"
             ) from None
         raise UserError(f"{path}: not a charlstm checkpoint (not a file written by torch.save)") from None
-    except Exception as e:  # noqa: BLE001 (any bytes reach the weights-only unpickler: it fails in many ways)
+    except Exception as e:  # any bytes reach the weights-only unpickler, and it fails on them in many ways
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
             f"{path}: not a charlstm checkpoint (unreadable or truncated: {type(e).__name__}: {first[:160]})"
