@@ -2,7 +2,8 @@
 
 The text is cut into B streams (B = the training batch size from the model's metadata, or --streams)
 read in parallel with the state carried, exactly as the trainer evaluates its validation split, so on
-that split the two numbers agree.
+that split the two numbers agree. With --max-chars N each stream is read for its first N // B characters
+only, as the trainer's train.eval_chars bounds an evaluation: the same part, so the two agree on it too.
 """
 
 from __future__ import annotations
@@ -29,34 +30,49 @@ def read_text(path: str | Path) -> str:
         raise SamplerError(f"{path}: not UTF-8 text (invalid byte at byte offset {e.start})") from None
 
 
+def layout(length: int, batch: int, max_chars: int | None) -> tuple[int, int, int]:
+    """(streams, stream length, characters read per stream) for `length` ids read as `batch` streams, each cut
+    to max_chars // streams characters: the trainer's EvalStreams, step for step."""
+    if batch < 1:
+        raise SamplerError(f"streams must be >= 1, got {batch}")
+    batch = min(batch, length - 1)
+    stream_len = (length - 1) // batch
+    if max_chars is not None and max_chars < batch:
+        raise SamplerError(f"max_chars must be at least the number of streams ({batch}), got {max_chars}")
+    return batch, stream_len, stream_len if max_chars is None else min(stream_len, max_chars // batch)
+
+
 def score(
-    sampler: Sampler, text: str, streams: int | None = None, unknown: str = "error", progress: bool = False
+    sampler: Sampler,
+    text: str,
+    streams: int | None = None,
+    unknown: str = "error",
+    progress: bool = False,
+    max_chars: int | None = None,
 ) -> float:
-    """Mean loss in nats per predicted character of `text` under the model."""
+    """Mean loss in nats per predicted character of `text` under the model (of its first max_chars // B
+    characters of each of the B streams, with max_chars)."""
     ids = sampler.encode(text, unknown)
     if len(ids) < 2:
         raise SamplerError("the text needs at least 2 known characters to score")
     batch = streams if streams is not None else int(sampler.config.get("train", {}).get("batch_size", 1))
-    if batch < 1:
-        raise SamplerError(f"streams must be >= 1, got {batch}")
-    batch = min(batch, len(ids) - 1)
-    stream_len = (len(ids) - 1) // batch
+    batch, stream_len, read_len = layout(len(ids), batch, max_chars)
     starts = np.arange(batch) * stream_len
     run = sampler.runner(batch)
     rows = np.arange(batch)
     total = 0.0
     clock = time.monotonic()
-    for t in range(stream_len):
+    for t in range(read_len):
         logits = run(ids[starts + t]).astype(np.float64)
         top = logits.max(axis=1)
         log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
         total += float((log_z - logits[rows, ids[starts + t + 1]]).sum())
-        if progress and (time.monotonic() - clock > 0.5 or t == stream_len - 1):
+        if progress and (time.monotonic() - clock > 0.5 or t == read_len - 1):
             clock = time.monotonic()
-            print(f"\rscoring {t + 1}/{stream_len} steps x {batch} streams", end="", file=sys.stderr)
+            print(f"\rscoring {t + 1}/{read_len} steps x {batch} streams", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
-    return total / (batch * stream_len)
+    return total / (batch * read_len)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="an .onnx exported by export.onnx")
     parser.add_argument("file", help="a UTF-8 text file")
     parser.add_argument("--streams", type=int, default=None, help="parallel streams (default: the training batch)")
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="score at most this many characters: each stream's first N // streams (the trainer's train.eval_chars)",
+    )
     parser.add_argument(
         "--unknown",
         choices=["error", "skip"],
@@ -76,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sampler = Sampler(args.model, device=args.device)
         text = read_text(args.file)
-        loss = score(sampler, text, args.streams, args.unknown, progress=not args.quiet)
+        loss = score(sampler, text, args.streams, args.unknown, progress=not args.quiet, max_chars=args.max_chars)
     except SamplerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{loss:.6f} nats/char  {loss / math.log(2):.6f} bpc  ({len(text):,} characters, {args.file})")
+    bounded = f", at most {args.max_chars:,} scored" if args.max_chars is not None else ""
+    print(f"{loss:.6f} nats/char  {loss / math.log(2):.6f} bpc  ({len(text):,} characters{bounded}, {args.file})")
     return 0
 
 

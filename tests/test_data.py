@@ -43,6 +43,26 @@ def test_eval_streams_cover_the_whole_split():
     assert 4 * evals.stream_len >= len(ids) - 4  # at most B-1 characters are not predicted
 
 
+def test_an_evaluation_budget_reads_the_same_bounded_part_of_every_stream():
+    """train.eval_chars: each of the B streams is read for its first eval_chars // B characters, spread over the
+    whole split (one piece at the start of each stream), the same at every call and for any sharding."""
+    ids = np.arange(100_003)  # each id is its own position
+    whole, bounded = EvalStreams(ids, 8, 64), EvalStreams(ids, 8, 64, max_chars=4_000)
+    assert bounded.stream_len == whole.stream_len == 12_500 and bounded.read_len == 500
+    xs, ys = zip(*bounded.windows(0, 8))
+    x, y = np.concatenate(xs, axis=1), np.concatenate(ys, axis=1)  # (8, 500)
+    assert x.shape == (8, 500) and bounded.chars == 4_000 == y.size
+    np.testing.assert_array_equal(y, x + 1)
+    for b in range(8):  # stream b's first 500 characters: the pieces start 12,500 apart
+        np.testing.assert_array_equal(x[b], np.arange(b * 12_500, b * 12_500 + 500))
+    again = np.concatenate([w[0] for w in bounded.windows(0, 8)], axis=1)
+    halves = [np.concatenate([w[0] for w in bounded.windows(first, first + 4)], axis=1) for first in (0, 4)]
+    np.testing.assert_array_equal(again, x)  # the same part every time
+    np.testing.assert_array_equal(np.concatenate(halves), x)  # and on 2 processes, their rows of it
+    assert EvalStreams(ids, 8, 64, max_chars=10**9).read_len == whole.read_len  # a larger budget: the whole split
+    assert EvalStreams(ids, 8, 64, max_chars=4_007).chars == 4_000  # rounded down to whole characters per stream
+
+
 def test_validation_is_the_last_fraction():
     ids = np.arange(1000)
     train, val = split(ids, 0.1)
@@ -168,6 +188,114 @@ def test_empty_and_missing_files(tmp_path):
         load_corpus(str(tmp_path / "nope.txt"))
     with pytest.raises(UserError, match="its files hold no text"):
         load_corpus(str(tmp_path))  # a folder: its files joined, and its one file is empty
+
+
+def test_python_docs_builtin():
+    """The offline quickstart's text: the reference documentation every CPython ships, as prose."""
+    corpus = load_corpus("builtin:python-docs")
+    text = corpus.decode(corpus.ids[:50_000])
+    assert 300_000 < len(corpus.ids) < 2_000_000 and len(corpus.vocab) < 200
+    assert "statement" in text and "The " in text and "\\n" not in text  # real newlines, not escaped ones
+
+
+def test_a_large_corpus_is_not_read_again_to_find_its_cache(tmp_path, monkeypatch):
+    """Files above HASH_WHOLE_BYTES (64 MB; 0 here) are hashed only when their size, mtime or inode change: a
+    warm launch of a corpus of many GB costs a stat, not a read. An edit is still seen."""
+    monkeypatch.setattr(data, "HASH_WHOLE_BYTES", 0)
+    hashed = []
+    real = data._sha256_file
+    monkeypatch.setattr(data, "_sha256_file", lambda path: hashed.append(Path(path).suffix) or real(path))
+    path = tmp_path / "big.txt"
+    path.write_text("a large corpus\n" * 1000, encoding="utf-8")
+    first = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    assert hashed == [".txt"]  # the corpus; the ids are hashed as they are written, for their record
+    hashed.clear()
+    again = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    assert hashed == [] and again.sha256 == first.sha256  # a stat of each, nothing read
+    path.write_text("a larger corpus!\n" * 1000, encoding="utf-8")
+    edited = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    assert edited.sha256 != first.sha256 and edited.decode(edited.ids[:16]) == "a larger corpus!"
+    hashed.clear()
+    ids_path = Path(edited.ids.filename)
+    payload = bytearray(ids_path.read_bytes())
+    payload[-1] ^= 1  # damaged in place: its stamp changes, so its digest is checked and the damage found
+    ids_path.write_bytes(bytes(payload))
+    rebuilt = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    assert ".npy" in hashed and rebuilt.decode(rebuilt.ids) == "a larger corpus!\n" * 1000
+    folder = tmp_path / "books"  # a folder of many files: each is remembered, so a warm launch reads none
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.txt").write_text(f"book {i}\n" * 100, encoding="utf-8")
+    joined = load_corpus(str(folder), cache_dir=tmp_path / "cache")
+    hashed.clear()
+    assert load_corpus(str(folder), cache_dir=tmp_path / "cache").sha256 == joined.sha256 and hashed == []
+    (folder / "3.txt").write_text("book three, revised\n", encoding="utf-8")
+    assert load_corpus(str(folder), cache_dir=tmp_path / "cache").sha256 != joined.sha256 and hashed
+
+
+def test_remapping_into_another_vocabulary_streams_into_the_cache(tmp_path, monkeypatch):
+    """Fine-tuning's remap (Corpus.with_vocab) goes chunk by chunk into the id cache, keyed by the vocabulary, and
+    is reused by the next launch."""
+    monkeypatch.setattr(data, "CHUNK_BYTES", 1000)  # many chunks
+    path = tmp_path / "text.txt"
+    text = "Una señora muy señora, ¿verdad? 🙂\n" * 400
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    vocab = ["#", *reversed(corpus.vocab), "@"]  # another order, with characters the text lacks
+    remapped = corpus.with_vocab(vocab, tmp_path / "cache")
+    assert remapped.vocab == vocab and remapped.sha256 == corpus.sha256 and remapped.ids.dtype == np.uint8
+    assert remapped.decode(remapped.ids) == text and isinstance(remapped.ids, np.memmap)
+    assert remapped.ids.filename != corpus.ids.filename
+    written = Path(remapped.ids.filename).stat().st_mtime_ns
+    assert Path(corpus.with_vocab(vocab, tmp_path / "cache").ids.filename).stat().st_mtime_ns == written  # reused
+    other = corpus.with_vocab([*vocab, "%"], tmp_path / "cache")  # another vocabulary: another entry
+    assert other.ids.filename != remapped.ids.filename and other.decode(other.ids) == text
+
+
+REMAP_UNDER_LIMIT = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))  # heap and anonymous memory; not a file's mapped pages
+import numpy as np
+from trainer.data import load_corpus
+corpus = load_corpus(sys.argv[2], cache_dir=sys.argv[3])
+try:
+    np.empty(len(corpus.ids), dtype=np.uint8)
+    print("the limit would let the whole array into memory")
+    sys.exit(3)
+except MemoryError:
+    pass
+vocab = ["#", *corpus.vocab]
+remapped = corpus.with_vocab(vocab, sys.argv[3])
+head, tail = remapped.decode(remapped.ids[:40]), remapped.decode(remapped.ids[-40:])
+print(len(remapped.ids), repr(head), repr(tail))
+"""
+
+
+def test_fine_tuning_remaps_a_corpus_larger_than_its_memory(tmp_path):
+    """A subprocess whose memory (RLIMIT_DATA) cannot hold the corpus' ids remaps them into another vocabulary:
+    the remap streams through the ids in chunks (the whole array in memory: MemoryError)."""
+    import subprocess
+    import sys
+
+    from conftest import ENGLISH, ROOT
+
+    english = ENGLISH.read_text(encoding="utf-8")
+    path = tmp_path / "big.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(1_700):  # 204 MB of ids (one byte each) against a limit of 170 MB
+            f.write(english)
+    corpus = load_corpus(str(path), cache_dir=tmp_path / "cache")  # encoded here, without the limit
+    assert len(corpus.ids) > 200_000_000
+    del corpus
+    env = {"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    limit = str(170 << 20)
+    result = subprocess.run(
+        [sys.executable, "-c", REMAP_UNDER_LIMIT, limit, str(path), str(tmp_path / "cache")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert result.stdout.split(" ", 1) == [str(1_700 * len(english)), f"{english[:40]!r} {english[-40:]!r}\n"]
 
 
 def test_python_stdlib_builtin():

@@ -124,6 +124,38 @@ def test_score_agrees_with_the_trainer(trained_run, trained_onnx, tmp_path):
     assert nats == pytest.approx(loss, abs=1e-6) and bpc == pytest.approx(loss / math.log(2), abs=1e-6)
 
 
+def test_score_agrees_with_the_trainer_on_a_bounded_part(trained_run, trained_onnx, tmp_path):
+    """`serve.score --max-chars N` scores the part of a text that an evaluation with train.eval_chars=N scores
+    (each stream's first N // B characters), and agrees with the trainer's loss on it."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from trainer.data import EvalStreams
+    from trainer.evaluate import evaluate_loss
+
+    ckpt = load_checkpoint(trained_run / "ckpt.pt")
+    model = model_from_checkpoint(ckpt, trained_run / "ckpt.pt")
+    corpus = load_corpus(ckpt["config"]["data"]["path"])
+    _, val = split(corpus.ids, ckpt["config"]["data"]["val_fraction"])
+    batch, seq_len = ckpt["config"]["train"]["batch_size"], ckpt["config"]["train"]["seq_len"]
+    one_process = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext, reduce=lambda sums, reduction: sums)
+    trainer_loss, chars = evaluate_loss(model, EvalStreams(val, batch, seq_len, 4_000), 0, batch, one_process)
+    assert chars == 4_000 < len(val) - 1
+    text = corpus.decode(np.asarray(val))
+    bounded = score(Sampler(trained_onnx), text, max_chars=4_000)
+    assert bounded == pytest.approx(trainer_loss, abs=1e-5)
+    assert abs(bounded - score(Sampler(trained_onnx), text)) > 1e-3  # another part than the whole split
+    val_file = tmp_path / "val.txt"
+    val_file.write_text(text, encoding="utf-8")
+    result = run_cli("-m", "serve.score", str(trained_onnx), str(val_file), "--max-chars", "4000", "--quiet")
+    assert result.returncode == 0 and float(result.stdout.split()[0]) == pytest.approx(bounded, abs=1e-6)
+    assert "at most 4,000 scored" in result.stdout
+    short = run_cli("-m", "serve.score", str(trained_onnx), str(val_file), "--max-chars", "3")
+    assert short.returncode == 2 and "max_chars must be at least the number of streams (16)" in one_line_error(
+        short.stderr
+    )
+
+
 def test_cli_streams_prime_and_text(trained_onnx):
     result = run_cli("-m", "serve.sample", str(trained_onnx), "--prime", "ROMEO:", "--length", "100", "--top-k", "1")
     assert result.returncode == 0, result.stderr

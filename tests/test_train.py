@@ -462,6 +462,25 @@ def test_max_steps_auto_fits_the_schedule_into_the_budget(corpus_100k, tmp_path,
     assert load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == ([first] + after)[-1]["max_steps"]
 
 
+def test_max_steps_auto_plans_with_a_bounded_evaluation(tmp_path):
+    """A validation split far too large to score inside the budget (6.5M characters: about 15 s for this model,
+    against a 9-s budget): with train.eval_chars every evaluation scores exactly its 16,000 characters, the same
+    part each time, so train.max_steps=auto plans around a short evaluation and the run completes its schedule."""
+    from conftest import ENGLISH
+
+    path = tmp_path / "long_validation.txt"
+    path.write_text(ENGLISH.read_text(encoding="utf-8") * 60, encoding="utf-8")
+    budget = ["train.max_steps=auto", "train.max_minutes=0.15", "train.eval_every=100", "train.save_every=400"]
+    out = tmp_path / "run"
+    overrides = [f"data.path={path}", "data.val_fraction=0.9", "train.eval_chars=16000", *budget, f"out_dir={out}"]
+    assert run_train(*overrides) == 0
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [e for e in events if "val_loss" in e]
+    assert len(evaluations) >= 3 and {e["val_chars"] for e in evaluations} == {16_000}
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["step"] == ckpt["max_steps"]  # ended by the schedule it planned, not by the clock
+
+
 def assert_revisions_keep_the_rule(plans: list[dict]) -> None:
     """Each revision shortens the run, or lengthens it by 2% or more while the run is in its first half."""
     for earlier, later in zip(plans, plans[1:]):

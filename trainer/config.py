@@ -57,7 +57,8 @@ class ConfigError(UserError):
 class DataConfig:
     path: str = "tinyshakespeare"
     """a UTF-8 text file, a folder (its files joined), a glob, `tinyshakespeare` (downloaded once,
-    sha256-checked) or `builtin:python-stdlib`"""
+    sha256-checked), `builtin:python-docs` (the Python reference documentation that ships with every CPython:
+    465k characters) or `builtin:python-stdlib` (the standard library's source: 31M characters)"""
     val_fraction: float = 0.1
     """the LAST this fraction of the corpus is the validation split; training uses what comes before"""
     normalize: str = "NFC"
@@ -98,7 +99,10 @@ class TrainConfig:
     temporal_reg: float = 0.0  # TAR (AWD-LSTM): adds this x mean((h_t - h_{t-1})^2) of the same output
     input_noise: float = 0.0  # chance, per input character, of replacing it by a uniformly drawn one (targets kept)
     seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
-    eval_every: int = 250  # evaluate the full validation split every this many steps (and at the end)
+    eval_every: int = 250  # evaluate every this many steps (and at the end)
+    eval_chars: int | None = 1_000_000  # each evaluation scores at most this many characters of the validation
+    # split: the same part every time, for any number of processes (its B streams, each cut to eval_chars // B);
+    # none = the whole split. The default covers Tiny Shakespeare's; it keeps an evaluation's cost flat on any corpus
     sample_chars: int = 200  # at each evaluation, sample this many characters (top-k 5, fixed seed); 0 = off
     sample_prime: str | None = None  # the samples' prime; none = the first line of the validation split
     save_every: int = 250  # write ckpt.pt every this many steps (and at the end)
@@ -108,6 +112,8 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget in minutes: the run stops with a final eval and save
     log_with: str = "none"  # trackers beside metrics.jsonl, through accelerate: none, tensorboard, wandb or all
     init_from: str | None = None  # a ckpt.pt or best.pt whose weights a new run starts from (fine-tuning)
+    collective_timeout: float = 300.0  # seconds a process waits for the others in one collective (several
+    # processes): a peer that hung or vanished ends the run with one line instead of a hang (gloo's default: 30 min)
 
 
 @dataclass
@@ -234,10 +240,29 @@ def _validate_choices(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.max_steps' must be > 0, got {cfg.train.max_steps}")
     if cfg.train.decay_steps is not None and cfg.train.decay_steps <= 0:
         raise ConfigError(f"config key 'train.decay_steps' must be > 0, got {cfg.train.decay_steps}")
+    if cfg.train.eval_chars is not None and cfg.train.eval_chars < cfg.train.batch_size:
+        raise ConfigError(
+            f"config key 'train.eval_chars' must be at least train.batch_size={cfg.train.batch_size} (one "
+            f"character per stream), got {cfg.train.eval_chars}; none scores the whole validation split"
+        )
+    if cfg.train.collective_timeout <= 0:
+        raise ConfigError(f"config key 'train.collective_timeout' must be > 0, got {cfg.train.collective_timeout}")
     if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
         raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {cfg.train.max_minutes}")
     if not cfg.out_dir:
         raise ConfigError("config key 'out_dir' must not be empty")
+
+
+def check_processes(cfg: Config, processes: int) -> int:
+    """The streams of each process: train.batch_size must divide over the processes, and each process's
+    streams over train.grad_accum. launch.sh checks this before it starts any worker, the trainer again."""
+    t = cfg.train
+    if t.batch_size % processes:
+        raise ConfigError(f"train.batch_size={t.batch_size} does not divide over {processes} processes")
+    local_batch = t.batch_size // processes
+    if local_batch % t.grad_accum:
+        raise ConfigError(f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process")
+    return local_batch
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

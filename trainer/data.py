@@ -18,19 +18,21 @@ from __future__ import annotations
 import codecs
 import glob
 import hashlib
+import io
 import json
 import os
 import sys
 import sysconfig
 import unicodedata
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from trainer.config import UserError
-from trainer.files import atomic_path, atomic_write, atomic_write_bytes
+from trainer.files import atomic_write, atomic_write_bytes
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -83,25 +85,42 @@ def build_python_stdlib() -> Path:
     return path
 
 
+def build_python_docs() -> Path:
+    """The running Python's reference documentation as it ships with every CPython (pydoc_data/topics.py: the
+    language reference and library topics that `help()` shows), its topics in sorted order: about 465,000
+    characters of English prose with code and about 100 symbols. The offline quickstart's text."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise UserError("data.path: builtin:python-docs needs pydoc_data, which this Python lacks") from None
+    version = "{}.{}.{}".format(*sys.version_info[:3])
+    path = user_cache_dir() / f"python-docs-{version}.txt"
+    if not path.is_file():
+        text = FILE_SEPARATOR.join(topics[name].strip("\n") for name in sorted(topics)) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
 FILE_SEPARATOR = "\n\n"  # between the files of a folder or a glob: a blank line marks where a document ends
+BUILTINS = {"builtin:python-docs": build_python_docs, "builtin:python-stdlib": build_python_stdlib}
 
 
-def resolve_corpus(spec: str) -> Path:
+def resolve_corpus(spec: str, digests: Digests | None = None) -> Path:
     """A data.path value -> one readable text file: the file itself, a built-in corpus, or for a folder (every
     file under it, recursively, hidden ones aside) or a glob the files joined in sorted path order with
     FILE_SEPARATOR, written once into the user cache and keyed by their contents."""
     if spec == "tinyshakespeare":
         return fetch_tinyshakespeare()
-    if spec == "builtin:python-stdlib":
-        return build_python_stdlib()
+    if spec in BUILTINS:
+        return BUILTINS[spec]()
     if spec.startswith("builtin:"):
-        raise UserError(f"data.path: unknown built-in corpus {spec!r} (known: builtin:python-stdlib)")
+        raise UserError(f"data.path: unknown built-in corpus {spec!r} (known: {', '.join(BUILTINS)})")
     path = Path(spec).expanduser()
     if any(ch in spec for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise UserError(f"data.path: the glob {spec!r} matches no file")
-        return join_files(files, spec)
+        return join_files(files, spec, digests or Digests())
     if not path.exists():
         raise UserError(f"data.path: {spec!r} does not exist")
     if path.is_dir():
@@ -112,7 +131,7 @@ def resolve_corpus(spec: str) -> Path:
         )
         if not files:
             raise UserError(f"data.path: the folder {spec!r} has no files")
-        return join_files(files, spec)
+        return join_files(files, spec, digests or Digests())
     if not path.is_file():
         raise UserError(f"data.path: {spec!r} is not a file")
     if not os.access(path, os.R_OK):
@@ -120,11 +139,12 @@ def resolve_corpus(spec: str) -> Path:
     return path
 
 
-def join_files(files: list[Path], spec: str) -> Path:
+def join_files(files: list[Path], spec: str, digests: Digests) -> Path:
     """The files' texts joined with FILE_SEPARATOR, cached by a digest of their contents (and order)."""
     digest = hashlib.sha256()
+    remember = sum(file.stat().st_size for file in files) > HASH_WHOLE_BYTES  # many small files: a large corpus
     for file in files:
-        digest.update(_sha256_file(file).encode())
+        digest.update(digests.sha256(file, remember).encode())
     joined = user_cache_dir() / "joined" / f"{digest.hexdigest()[:32]}.txt"
     if joined.is_file():
         return joined
@@ -157,11 +177,25 @@ class Corpus:
     def decode(self, ids: np.ndarray) -> str:
         return "".join(self.vocab[i] for i in ids)
 
-    def with_vocab(self, vocab: list[str]) -> Corpus:
+    def with_vocab(self, vocab: list[str], cache_dir: str | Path | None = None, form: str = "NFC") -> Corpus:
         """The same text with ids into `vocab`, which holds every character of this one (fine-tuning keeps a
-        model's vocabulary and appends what the new text adds). The ids are remapped in memory."""
+        model's vocabulary and appends what the new text adds). The ids are remapped chunk by chunk into the id
+        cache, keyed by the corpus, its form and `vocab`: never the whole array in memory, so a corpus larger
+        than RAM can be fine-tuned on, and a rerun reuses the remapped ids."""
+        if vocab == self.vocab:
+            return self
         lookup = np.array([vocab.index(ch) for ch in self.vocab], dtype=id_dtype(len(vocab)))
-        return Corpus(lookup[self.ids], vocab, self.sha256)
+        ids_path, record_path = cache_paths(self.sha256, form, cache_dir, vocab)
+        try:
+            with _cache_lock(ids_path):
+                cached = _cached(ids_path, record_path, self.sha256)
+                if cached is not None and cached.vocab == vocab:
+                    return cached
+                ids_sha256 = _write_ids(ids_path, lookup.dtype, len(self.ids), (lookup[c] for c in id_chunks(self.ids)))
+                _write_record(record_path, vocab, self.sha256, ids_sha256, ids_path)
+        except OSError as e:
+            raise UserError(f"the id cache {ids_path.parent} cannot be written: {e.strerror or e}") from None
+        return Corpus(np.load(ids_path, mmap_mode="r"), vocab, self.sha256)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -171,12 +205,82 @@ def id_dtype(vocab_size: int) -> np.dtype:
     raise AssertionError("unreachable: Unicode has fewer than 2**32 code points")
 
 
+def id_chunks(ids: np.ndarray):
+    """The ids in chunks of CHUNK_BYTES, read from the file behind a memory-mapped array with plain reads:
+    the pages read are not kept mapped, so streaming over many GB keeps the process small."""
+    step = max(1, CHUNK_BYTES // ids.itemsize)
+    if not isinstance(ids, np.memmap) or ids.base is None:
+        for start in range(0, len(ids), step):
+            yield np.asarray(ids[start : start + step])
+        return
+    with open(ids.filename, "rb") as f:
+        f.seek(ids.offset)
+        for start in range(0, len(ids), step):
+            yield np.fromfile(f, dtype=ids.dtype, count=min(step, len(ids) - start))
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(CHUNK_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+HASH_WHOLE_BYTES = 64 << 20  # a file up to this size is hashed at every use (well under 0.1 s)
+
+
+def _stamp(path: Path) -> list[int]:
+    """What changes when a file is written or replaced: its size, modification time and inode."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else user_cache_dir()
+
+
+class Digests:
+    """The sha256 of files, remembered in the cache's digests.json by each file's size, modification time and
+    inode: a file larger than HASH_WHOLE_BYTES (or any, with remember=True: the files of a large folder) is read
+    only when those differ from the ones recorded when it was last hashed, so a later launch does not read many
+    GB again to find its cache. The index is read once and written once per corpus."""
+
+    def __init__(self, cache_dir: str | Path | None = None):
+        self.path = cache_root(cache_dir) / "digests.json"
+        self.entries = self._read()
+        self.added: dict[str, dict] = {}
+
+    def _read(self) -> dict:
+        try:
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def sha256(self, path: Path, remember: bool | None = None) -> str:
+        stamp = _stamp(path)
+        if not (remember if remember is not None else stamp[0] > HASH_WHOLE_BYTES):
+            return _sha256_file(path)
+        key = str(path.resolve())
+        entry = self.entries.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+        digest = _sha256_file(path)
+        if _stamp(path) == stamp:  # not written while it was read
+            self.entries[key] = self.added[key] = {"stamp": stamp, "sha256": digest}
+        return digest
+
+    def save(self) -> None:
+        """Write what was hashed anew, merged into the index as it is now on disk (another process may have
+        added to it meanwhile); a read-only cache just hashes again next time."""
+        if not self.added:
+            return
+        try:
+            atomic_write_bytes(self.path, json.dumps(self._read() | self.added).encode("utf-8"))
+        except OSError:
+            pass
+        self.added = {}
 
 
 NORMAL_FORMS = ("NFC", "NFKC", "none")
@@ -225,8 +329,28 @@ def _codepoint_chunks(path: Path, form: str):
             yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def encode_file(path: Path, out: Path, form: str = "NFC") -> tuple[np.ndarray, list[str]]:
-    """Two chunked passes: count code points, then map them to ids into a .npy file at `out`."""
+def _write_ids(out: Path, dtype: np.dtype, total: int, chunks) -> str:
+    """Write ids, chunk by chunk, as a .npy file of `total` ids at `out` (atomically, with plain writes: no
+    page of it stays mapped); returns the file's sha256."""
+    header = io.BytesIO()
+    descr = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (total,)}
+    np.lib.format.write_array_header_1_0(header, descr)
+    digest, written = hashlib.sha256(header.getvalue()), 0
+    with atomic_write(out) as f:
+        f.write(header.getvalue())
+        for chunk in chunks:
+            payload = chunk.astype(dtype, copy=False).tobytes()
+            digest.update(payload)
+            f.write(payload)
+            written += len(chunk)
+    if written != total:
+        raise AssertionError(f"wrote {written} ids, expected {total}")
+    return digest.hexdigest()
+
+
+def encode_file(path: Path, out: Path, form: str = "NFC") -> tuple[list[str], str]:
+    """Two chunked passes: count code points, then map them to ids into a .npy file at `out`.
+    Returns the vocabulary and the sha256 of the file written."""
     counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
     for cps in _codepoint_chunks(path, form):
         span = 256 if cps.dtype == np.uint8 else MAX_CODEPOINT
@@ -239,34 +363,53 @@ def encode_file(path: Path, out: Path, form: str = "NFC") -> tuple[np.ndarray, l
     dtype = id_dtype(len(vocab))
     lookup = np.zeros(MAX_CODEPOINT, dtype=dtype)
     lookup[codepoints] = np.arange(len(codepoints), dtype=dtype)
-
-    with atomic_path(out) as tmp:
-        ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
-        position = 0
-        for cps in _codepoint_chunks(path, form):
-            ids[position : position + len(cps)] = lookup[cps]
-            position += len(cps)
-        ids.flush()
-        del ids
-    return np.load(out, mmap_mode="r"), vocab
+    return vocab, _write_ids(out, dtype, total, (lookup[cps] for cps in _codepoint_chunks(path, form)))
 
 
-def cache_paths(sha256: str, form: str, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """The cached ids (.npy) and their record (.json: the vocabulary and the digests) of a corpus in a form."""
-    folder = (Path(cache_dir).expanduser() if cache_dir else user_cache_dir()) / "ids"
+def cache_paths(
+    sha256: str, form: str, cache_dir: str | Path | None = None, vocab: list[str] | None = None
+) -> tuple[Path, Path]:
+    """The cached ids (.npy) and their record (.json: the vocabulary and the digests) of a corpus in a form;
+    with `vocab`, those of its ids remapped into that vocabulary (fine-tuning)."""
     stem = f"{sha256[:32]}.{form.lower()}"
+    if vocab is not None:
+        stem += f".vocab-{_digest(json.dumps(vocab).encode())[:16]}"
+    folder = cache_root(cache_dir) / "ids"
     return folder / f"{stem}.ids.npy", folder / f"{stem}.json"
 
 
+@contextmanager
+def _cache_lock(ids_path: Path):
+    """Hold a lock beside a cache entry while it is checked and built: the processes of one machine encode a
+    corpus once, the others wait for it and reuse it (no collective waits on a long first encode)."""
+    import fcntl
+
+    ids_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(ids_path.with_name(ids_path.name.replace(".ids.npy", ".lock")), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _write_record(record_path: Path, vocab: list[str], sha256: str, ids_sha256: str, ids_path: Path) -> None:
+    record = {"vocab": vocab, "corpus_sha256": sha256, "vocab_sha256": _digest(json.dumps(vocab).encode())}
+    record |= {"ids_sha256": ids_sha256, "ids_stamp": _stamp(ids_path)}
+    atomic_write_bytes(record_path, json.dumps(record).encode("utf-8"))
+
+
 def _cached(ids_path: Path, record_path: Path, sha256: str) -> Corpus | None:
-    """The cached encoding if it is whole and matches its digests, else None."""
+    """The cached encoding if it is whole and matches its digests, else None. The ids are hashed again unless
+    they are larger than HASH_WHOLE_BYTES and their size, modification time and inode are those recorded."""
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         vocab = record["vocab"]
         if record["corpus_sha256"] != sha256 or record["vocab_sha256"] != _digest(json.dumps(vocab).encode()):
             return None
-        if record["ids_sha256"] != _sha256_file(ids_path):
-            return None
+        stamp = _stamp(ids_path)
+        if stamp[0] <= HASH_WHOLE_BYTES or record.get("ids_stamp") != stamp:
+            if record["ids_sha256"] != _sha256_file(ids_path):
+                return None
+            if record.get("ids_stamp") != stamp:
+                _write_record(record_path, vocab, sha256, record["ids_sha256"], ids_path)
         ids = np.load(ids_path, mmap_mode="r")
         if ids.dtype != id_dtype(len(vocab)) or ids.ndim != 1:
             return None
@@ -283,22 +426,24 @@ def load_corpus(spec: str, cache_dir: str | Path | None = None, form: str = "NFC
     """Resolve, hash, normalize and encode (or reuse the cached encoding of) a corpus."""
     if form not in NORMAL_FORMS:
         raise UserError(f"data.normalize must be one of {', '.join(NORMAL_FORMS)}, got {form!r}")
-    path = resolve_corpus(spec)
-    sha256 = _sha256_file(path)
+    digests = Digests(cache_dir)
+    path = resolve_corpus(spec, digests)
+    sha256 = digests.sha256(path)
+    digests.save()
     ids_path, record_path = cache_paths(sha256, form, cache_dir)
-    if ids_path.exists() or record_path.exists():
-        corpus = _cached(ids_path, record_path, sha256)
-        if corpus is not None:
-            return corpus
-        print(f"charlstm: the id cache of {path} in {ids_path.parent} is damaged; rebuilding it", file=sys.stderr)
     try:
-        ids, vocab = encode_file(path, ids_path, form)
-        record = {"vocab": vocab, "corpus_sha256": sha256, "vocab_sha256": _digest(json.dumps(vocab).encode())}
-        record["ids_sha256"] = _sha256_file(ids_path)
-        atomic_write_bytes(record_path, json.dumps(record).encode("utf-8"))
+        with _cache_lock(ids_path):
+            if ids_path.exists() or record_path.exists():
+                corpus = _cached(ids_path, record_path, sha256)
+                if corpus is not None:
+                    return corpus
+                damaged = f"the id cache of {path} in {ids_path.parent} is damaged; rebuilding it"
+                print(f"charlstm: {damaged}", file=sys.stderr)
+            vocab, ids_sha256 = encode_file(path, ids_path, form)
+            _write_record(record_path, vocab, sha256, ids_sha256, ids_path)
     except OSError as e:
         raise UserError(f"the id cache {ids_path.parent} cannot be written: {e.strerror or e}") from None
-    return Corpus(ids, vocab, sha256)
+    return Corpus(np.load(ids_path, mmap_mode="r"), vocab, sha256)
 
 
 def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -341,10 +486,13 @@ class TrainStreams:
 
 
 class EvalStreams:
-    """The WHOLE validation split as B streams of (m-1)//B characters, read in windows of T (the last
-    one shorter), state carried. serve.score uses the same layout, so the two losses agree."""
+    """The validation split as B streams of (m-1)//B characters, state carried, read in windows of T (the last
+    one shorter). With a budget of `max_chars`, each stream is read for its first max_chars // B characters
+    only: the same part at every evaluation and for any number of processes, spread over the whole split (B
+    pieces, one at the start of each stream), so an evaluation's cost does not grow with the corpus.
+    serve.score uses the same layout (--max-chars), so the two losses agree."""
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, max_chars: int | None = None):
         if len(ids) < batch_size + 1:
             raise UserError(
                 f"the validation split has {len(ids):,} characters, too few for {batch_size} streams "
@@ -354,25 +502,52 @@ class EvalStreams:
         self.ids = ids
         self.batch_size = batch_size
         self.seq_len = seq_len
-        self.stream_len = (len(ids) - 1) // batch_size
+        self.stream_len = (len(ids) - 1) // batch_size  # where stream b starts: b * stream_len
+        self.read_len = self.stream_len if max_chars is None else min(self.stream_len, max_chars // batch_size)
+
+    @property
+    def chars(self) -> int:
+        """How many characters an evaluation scores (predicts)."""
+        return self.batch_size * self.read_len
 
     def windows(self, first: int, last: int):
         """Yield (inputs, targets) int64 arrays (last-first, t <= T) covering streams [first, last)."""
-        for start in range(0, self.stream_len, self.seq_len):
-            length = min(self.seq_len, self.stream_len - start)
+        for start in range(0, self.read_len, self.seq_len):
+            length = min(self.seq_len, self.read_len - start)
             starts = np.arange(first, last) * self.stream_len + start
             chunk = self.ids[starts[:, None] + np.arange(length + 1)].astype(np.int64)
             yield chunk[:, :-1], chunk[:, 1:]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m trainer.data SPEC`: resolve and encode a corpus, print where it lives (used by launch.sh)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m trainer.data DATA_PATH   (a file, tinyshakespeare or builtin:python-stdlib)")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    """`python -m trainer.data SPEC` or `--config FILE [key=value ...]`: resolve and encode a corpus (as the
+    config's data.path, data.normalize and data.cache_dir say), print where its ids live. launch.sh runs it
+    on every machine before a run of several processes, so that no process waits for a long first encode in
+    a collective."""
+    import argparse
+
+    from trainer.config import check_processes, load_config
+
+    parser = argparse.ArgumentParser(prog="trainer.data", description="Encode a corpus into the id cache.")
+    parser.add_argument("spec", nargs="?", help="a data.path value: a file, a folder, a glob, tinyshakespeare, "
+                        f"{', '.join(BUILTINS)}")  # fmt: skip
+    parser.add_argument("--config", help="take data.path, data.normalize and data.cache_dir from this config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the config, e.g. data.path=novel.txt")
+    parser.add_argument("--processes", type=int, help="with --config: check that the run fits this many processes")
+    args = parser.parse_args(argv)
     try:
-        corpus = load_corpus(argv[0])
+        if args.config is not None:
+            overrides = [args.spec, *args.overrides] if args.spec else args.overrides
+            cfg = load_config(args.config, overrides)
+            if args.processes is not None:
+                check_processes(cfg, args.processes)
+            spec, cache_dir, form = cfg.data.path, cfg.data.cache_dir, cfg.data.normalize
+        elif args.spec is not None and not args.overrides:
+            spec, cache_dir, form = args.spec, None, "NFC"
+        else:
+            print("error: give a data.path value, or --config FILE [key=value ...]", file=sys.stderr)
+            return 2
+        corpus = load_corpus(spec, cache_dir, form)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

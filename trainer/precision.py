@@ -13,6 +13,8 @@ the bf16 LSTM ("could not create a primitive descriptor"), so an explicit `bf16`
 from __future__ import annotations
 
 import functools
+import os
+from datetime import timedelta
 from typing import NamedTuple
 
 import torch
@@ -77,10 +79,33 @@ def choose_precision(requested: str, device: str) -> Precision:
     return Precision(requested, "as configured", requested == "bf16" and device == "cuda")
 
 
+def join_process_group(timeout: timedelta) -> None:
+    """Under torchrun, join the process group through the launcher's store, with this attempt's keys apart.
+
+    The workers of torchrun share its store (TORCHELASTIC_USE_AGENT_STORE), which outlives a restart of the
+    workers (MAX_RESTARTS): a restarted worker that joined as accelerate does would find the addresses of the
+    workers it replaced and fail to connect to them. So every attempt keeps its keys under its own prefix
+    (the agents of all machines count their restarts alike: one failure restarts every machine's workers).
+    Elsewhere accelerate joins the group itself."""
+    import torch.distributed as dist
+
+    env = os.environ
+    if dist.is_initialized() or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("WORLD_SIZE", 1)) < 2:
+        return
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    attempt = dist.PrefixStore(f"charlstm/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, store=attempt, rank=rank, world_size=world, timeout=timeout)
+
+
 def make_accelerator(cfg: Config, trackers: list[str] | None = None):
     """(Accelerator, Precision) for this run; `trackers` (tensorboard, wandb) log into out_dir."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
     device = device_type()
     precision = choose_precision(cfg.train.mixed_precision, device)
@@ -88,10 +113,15 @@ def make_accelerator(cfg: Config, trackers: list[str] | None = None):
     # may ask for another precision, so start from a clean one.
     AcceleratorState._reset_state(reset_partial_state=True)
     # cpu=True on a CPU-only machine: that is what makes accelerate join a torchrun process group (gloo)
+    timeout = timedelta(seconds=cfg.train.collective_timeout)
+    join_process_group(timeout)
     accelerator = Accelerator(
         mixed_precision=precision.mode,
         cpu=device == "cpu",
         log_with=trackers or None,
         project_dir=cfg.out_dir if trackers else None,
+        # a peer that hangs or vanishes ends a collective after this long, not gloo's 30 minutes (trainer/train.py
+        # turns the error into one line); the same bound covers the processes' first meeting
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
     )
     return accelerator, precision

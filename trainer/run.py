@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.checkpoint import FORMAT, Checkpoint, load_checkpoint, save_checkpoint
-from trainer.config import Config, UserError, save_config
-from trainer.data import Corpus, EvalStreams, TrainStreams, load_corpus, split
+from trainer.checkpoint import FORMAT, Checkpoint, save_checkpoint
+from trainer.config import Config, UserError, check_processes, save_config
+from trainer.data import Corpus, EvalStreams, TrainStreams, split
+from trainer.evaluate import choose_prime, evaluate_loss, sample_text
 from trainer.files import remove_stale_temps
 from trainer.model import CharLSTM, build_model
 from trainer.precision import Precision, make_accelerator
 from trainer.regularize import WeightAverage
+from trainer.resume import fine_tuning, load_here, read_resume_checkpoint, same_text_everywhere, together
 
 LN2 = math.log(2.0)
 
@@ -101,24 +102,20 @@ class Run:
     def start(cls, cfg: Config) -> Run:
         """Everything a run needs, from scratch or resumed from out_dir/ckpt.pt; UserError on bad input."""
         trackers = available_trackers(cfg.train.log_with)
+        loaded = load_here(cfg)  # before the process group: no collective waits for a long first encode
         accelerator, precision = make_accelerator(cfg, trackers)
         processes, rank = accelerator.num_processes, accelerator.process_index
         t = cfg.train
-        if t.batch_size % processes:
-            raise UserError(f"train.batch_size={t.batch_size} does not divide over {processes} processes")
-        local_batch = t.batch_size // processes
-        if local_batch % t.grad_accum:
-            raise UserError(f"train.grad_accum={t.grad_accum} must divide the {local_batch} streams of each process")
-        with accelerator.main_process_first():  # rank 0 encodes and caches the corpus, the others reuse it
-            corpus = load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.normalize)
-        corpus, init = fine_tuning(cfg, corpus)
+        local_batch = check_processes(cfg, processes)
+        corpus = same_text_everywhere(loaded, cfg, accelerator)  # each process's own copy, checked against main's
+        corpus, init = fine_tuning(cfg, corpus, accelerator)
         train_ids, val_ids = split(corpus.ids, cfg.data.val_fraction)
+        streams = TrainStreams(train_ids, t.batch_size, t.seq_len)  # bad sizes end here, before out_dir exists
+        evals = EvalStreams(val_ids, t.batch_size, t.seq_len, t.eval_chars)
+        sample_prime = choose_prime(t.sample_prime, corpus, val_ids)
         paths = RunPaths(Path(cfg.out_dir))
-        if paths.out_dir.exists() and not paths.out_dir.is_dir():
-            raise UserError(f"out_dir {str(paths.out_dir)!r} exists and is not a folder")
-        ckpt = load_checkpoint(paths.ckpt) if paths.ckpt.exists() else None
-        if ckpt is not None:
-            check_resumable(ckpt, cfg, corpus, paths.ckpt)
+        lock = together(accelerator, lambda: lock_out_dir(paths.out_dir) if accelerator.is_main_process else None)
+        ckpt = read_resume_checkpoint(paths.ckpt, cfg, corpus, accelerator)  # the main process reads it
 
         model, average = build_models(cfg, len(corpus.vocab), precision, init if ckpt is None else None)
         model.to(accelerator.device)
@@ -131,8 +128,8 @@ class Run:
             accelerator=accelerator,
             precision=precision,
             corpus=corpus,
-            streams=TrainStreams(train_ids, t.batch_size, t.seq_len),
-            evals=EvalStreams(val_ids, t.batch_size, t.seq_len),
+            streams=streams,
+            evals=evals,
             model=wrapped,
             bare=accelerator.unwrap_model(wrapped),
             average=average,
@@ -141,12 +138,13 @@ class Run:
             first=rank * local_batch,
             last=(rank + 1) * local_batch,
             max_steps=t.max_steps if isinstance(t.max_steps, int) else None,
+            lock=lock,
+            sample_prime=sample_prime,
         )
         run.h, run.c = run.bare.zero_state(local_batch, accelerator.device)
-        run.sample_prime = choose_prime(t.sample_prime, corpus, val_ids)
         if ckpt is not None:
             run.load_state_dict(ckpt)
-        run._prepare_out_dir()
+        together(accelerator, run._prepare_out_dir)
         if trackers:  # the resolved config, flat, as the trackers' hyperparameters
             flat = flatten(cfg.to_dict())
             accelerator.init_trackers("charlstm", config={k: v if v is not None else "none" for k, v in flat.items()})
@@ -195,30 +193,14 @@ class Run:
             setattr(self, name, mine.to(self.device))
 
     def _prepare_out_dir(self) -> None:
-        """Take out_dir for this run (one run at a time), then clean it up and write config.yaml. Collective."""
-        holder = None
-        if self.is_main:
-            try:
-                self.paths.out_dir.mkdir(parents=True, exist_ok=True)
-                self.lock = open(self.paths.out_dir / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
-                holder = take_lock(self.lock)
-            except OSError as e:
-                raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
-        busy = torch.tensor(float(holder is not None), device=self.device)
-        if self.accelerator.num_processes > 1:
-            busy = self.accelerator.reduce(busy, reduction="sum")  # every process stops, not only the main one
-        if busy.item() > 0:
-            raise UserError(
-                f"out_dir {str(self.paths.out_dir)!r} is in use by another run"
-                + (f" (process {holder})" if holder else "")
-                + ": wait for it to end, or use another out_dir"
-            )
-        if self.is_main:
-            try:
-                remove_stale_temps(self.paths.out_dir)  # saves cut short by kill -9; the files beside them are whole
-                save_config(self.cfg, self.paths.out_dir / "config.yaml")
-            except OSError as e:
-                raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
+        """Clean out_dir up and write config.yaml (main process), once the checkpoint in it was accepted."""
+        if not self.is_main:
+            return
+        try:
+            remove_stale_temps(self.paths.out_dir)  # saves cut short by kill -9; the files beside them are whole
+            save_config(self.cfg, self.paths.out_dir / "config.yaml")
+        except OSError as e:
+            raise UserError(f"out_dir {str(self.paths.out_dir)!r} cannot be written: {e.strerror or e}") from None
 
     # ------------------------------------------------------------ saving, evaluating, logging
 
@@ -235,8 +217,10 @@ class Run:
 
     def evaluate(self) -> float:
         """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt."""
-        val = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
-        event = {"step": self.step, "val_loss": val, "val_bpc": val / LN2, "train_seconds": self.train_seconds}
+        clock = time.monotonic()
+        val, chars = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
+        event = {"step": self.step, "val_loss": val, "val_bpc": val / LN2, "val_chars": chars}
+        event |= {"val_seconds": time.monotonic() - clock, "train_seconds": self.train_seconds}
         self.last_sample = ""
         if self.is_main and self.cfg.train.sample_chars > 0:
             clock = time.monotonic()
@@ -282,25 +266,6 @@ def build_models(
         average = WeightAverage(build_model(vocab_size, cfg.model, precision.fp32_lstm), cfg.train.ema_decay)
         average.model.load_state_dict(model.state_dict())
     return model, average
-
-
-def fine_tuning(cfg: Config, corpus: Corpus) -> tuple[Corpus, Checkpoint | None]:
-    """With train.init_from: its checkpoint, and the corpus with ids into its vocabulary followed by the
-    characters the new text adds (characters only the old text had stay). Its model shape must match."""
-    if cfg.train.init_from is None:
-        return corpus, None
-    path = Path(cfg.train.init_from)
-    init = load_checkpoint(path)
-    for key in ("embed", "hidden", "layers"):
-        before, now = init["config"].get("model", {}).get(key), getattr(cfg.model, key)
-        if before != now:
-            raise UserError(f"train.init_from {path} has model.{key}={before}, this config says {now}: they must match")
-    added = sorted(set(corpus.vocab) - set(init["vocab"]))
-    if int(os.environ.get("RANK", "0")) == 0:
-        shown = " ".join(repr(ch) for ch in added[:20]) + (" ..." if len(added) > 20 else "")
-        print(f"charlstm: init_from {path} (step {init['step']}): {len(added)} characters added to its "
-              f"{len(init['vocab'])}" + (f": {shown}" if added else ""), file=sys.stderr)  # fmt: skip
-    return corpus.with_vocab(init["vocab"] + added), init
 
 
 def load_init_weights(model: CharLSTM, init: Checkpoint, path: str) -> None:
@@ -356,6 +321,27 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def lock_out_dir(out_dir: Path):
+    """Create out_dir and take it for this run (one run at a time): its open .lock file, locked while the run
+    lives. UserError when it cannot be written or another run holds it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir {str(out_dir)!r} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
+        holder = take_lock(lock)
+    except OSError as e:
+        raise UserError(f"out_dir {str(out_dir)!r} cannot be written: {e.strerror or e}") from None
+    if holder is not None:
+        lock.close()
+        raise UserError(
+            f"out_dir {str(out_dir)!r} is in use by another run"
+            + (f" (process {holder})" if holder else "")
+            + ": wait for it to end, or use another out_dir"
+        )
+    return lock
+
+
 def take_lock(file) -> str | None:
     """Lock an out_dir's .lock file for this process (flock: the OS drops it when the process ends, even by
     kill -9, so no stale lock survives). None when taken; else the pid written by the run that holds it."""
@@ -373,36 +359,6 @@ def take_lock(file) -> str | None:
     return None
 
 
-def check_resumable(ckpt: Checkpoint, cfg: Config, corpus: Corpus, path: Path) -> None:
-    """Refuse, naming the difference, a checkpoint that does not fit this run; nothing gets overwritten."""
-    if ckpt["vocab"] != corpus.vocab:
-        raise UserError(
-            f"{path} was trained on a different vocabulary ({len(ckpt['vocab'])} characters, this corpus has "
-            f"{len(corpus.vocab)}): use another out_dir"
-        )
-    if ckpt.get("corpus_sha256", corpus.sha256) != corpus.sha256:
-        before = ckpt["config"].get("data", {}).get("path", "?")
-        raise UserError(
-            f"{path} was trained on another text ({before}) than data.path={cfg.data.path}, with the same "
-            f"characters: an out_dir belongs to one run; to train on this text from it, use another out_dir "
-            f"and train.init_from={path}"
-        )
-    for key in ("model.embed", "model.hidden", "model.layers", "train.batch_size", "train.seq_len"):
-        section, name = key.split(".")
-        before, now = ckpt["config"].get(section, {}).get(name), getattr(getattr(cfg, section), name)
-        if before != now:
-            raise UserError(
-                f"{path} holds a run with {key}={before}, this config says {now}: "
-                "use another out_dir, or the same value to resume"
-            )
-    for key in ("optimizer", "streams"):
-        if key not in ckpt:
-            raise UserError(f"{path} has no {key!r} state to resume from (export it, or use another out_dir)")
-    total = ckpt.get("max_steps") if cfg.train.max_steps == "auto" else cfg.train.max_steps
-    if total is not None and ckpt["step"] > total:
-        raise UserError(f"{path} is at step {ckpt['step']}, past train.max_steps={total}")
-
-
 def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; weight decay on the matrices only (not on biases nor on the embedding)."""
     matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
@@ -413,53 +369,3 @@ def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.
     ]
     fused = device.type == "cuda"  # one kernel for all parameters on GPU
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, cfg.train.beta2), fused=fused or None)
-
-
-def choose_prime(prime: str | None, corpus: Corpus, val_ids) -> str:
-    """train.sample_prime (every character in the vocabulary), else the validation split's first line."""
-    if prime is None:
-        head = corpus.decode(val_ids[:200])
-        return head[: head.index("\n") + 1] if "\n" in head else head[:40]
-    missing = sorted(set(prime) - set(corpus.vocab))
-    if missing:
-        raise UserError(f"train.sample_prime has characters the corpus lacks: {', '.join(map(repr, missing))}")
-    return prime or "\n"
-
-
-@torch.no_grad()
-def sample_text(model: CharLSTM, vocab: list[str], prime: str, t) -> str:
-    """t.sample_chars characters after `prime`, top-k 5, from a generator of its own (seeded by train.seed): the
-    training's draws are keyed elsewhere, so sampling changes nothing in the run."""
-    was_training = model.training
-    model.eval()
-    index = {ch: i for i, ch in enumerate(vocab)}
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(t.seed)
-    h, c = model.zero_state(1, device)
-    for ch in prime:
-        logits, h, c = model.step(torch.tensor([index[ch]], device=device), h, c)
-    out = []
-    for _ in range(t.sample_chars):
-        top, ids = logits.float().topk(min(5, len(vocab)), dim=-1)  # (1, 5)
-        pick = ids[0, torch.multinomial(torch.softmax(top[0], dim=-1), 1, generator=generator)]
-        out.append(vocab[int(pick)])
-        logits, h, c = model.step(pick, h, c)
-    model.train(was_training)
-    return "".join(out)
-
-
-def evaluate_loss(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> float:
-    """Loss in nats/char over the WHOLE validation split; streams sharded over processes, sums reduced."""
-    model.eval()
-    device = accelerator.device
-    h, c = model.zero_state(last - first, device)
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
-    with torch.no_grad(), accelerator.autocast():
-        for x, y in evals.windows(first, last):
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            logits, (h, c) = model(x, (h, c))
-            total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
-            total[1] += y.numel()
-    total = accelerator.reduce(total, reduction="sum")
-    model.train()
-    return (total[0] / total[1]).item()

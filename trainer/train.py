@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 
 from trainer.config import Config, UserError, help_text, load_config
 from trainer.plot import plot_losses
+from trainer.resume import node_name
 from trainer.run import LN2, Run, TrainingError
 from trainer.step import Budget, StopFlags, agree, apply_update, compute_gradients, lr_at
 
@@ -63,11 +65,12 @@ def train(cfg: Config) -> int:
                 break
     finally:
         meter.close()
-    report(run, stopped_by, val_loss)
     # All ranks tear the process group down together: a rank that exits while another still writes its
-    # checkpoint can abort in gloo's teardown ("terminate called without an active exception").
+    # checkpoint can abort in gloo's teardown ("terminate called without an active exception"). The main
+    # process plots and reports after that, so the other machines need not wait for it.
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
+    report(run, stopped_by, val_loss)
     return 0
 
 
@@ -172,11 +175,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def collective_failure(error: BaseException, timeout: float) -> str | None:
+    """One line for an error of the process group (another process hung, was stopped or vanished), or None
+    for any other error. gloo raises it in the process that waited; NCCL's watchdog aborts such a process."""
+    text = str(error).strip()
+    if not isinstance(error, torch.distributed.DistError) and not (isinstance(error, RuntimeError) and "gloo" in text):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]) if text else type(error).__name__  # no source path
+    detail = first.split(". ")[0][:160]
+    if "timed out waiting" in text.lower():  # gloo: "Timed out waiting 300000ms for recv operation to complete"
+        why = f"waited train.collective_timeout={timeout:g} s for another process in a collective"
+    else:
+        why = "lost another process in a collective"
+    return (
+        f"{node_name()}: {why}: a peer hung, was stopped, died or lost its network ({detail}); "
+        "the last checkpoint is kept: rerun to resume"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     speaks = int(os.environ.get("RANK", "0")) == 0  # on N processes, one of them reports the error
     try:
-        return train(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)
+        return train(cfg)
     except (UserError, TrainingError) as e:
         if speaks:
             print(f"error: {e}", file=sys.stderr)
@@ -185,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         if speaks:
             print("charlstm: interrupted before training started; nothing saved", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # every process that saw the fault says so: the peer at fault may be the main one
+        line = collective_failure(e, cfg.train.collective_timeout)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Evaluation: the validation loss on a bounded part of the split, and the sample taken at each evaluation.
+
+The loss reads the validation split as the B streams of `EvalStreams` (trainer/data.py), each cut to
+train.eval_chars // B characters: the same part at every evaluation, sharded over the processes by stream and
+summed, so N processes report what one reports and the cost stays flat however large the corpus grows.
+serve.score reads a text the same way (--max-chars), so the two agree on the same part.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import UserError
+from trainer.data import Corpus, EvalStreams
+from trainer.model import CharLSTM
+
+
+def evaluate_loss(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> tuple[float, int]:
+    """(loss in nats/char, characters scored) over evals' part of the validation split: this process scores
+    streams [first, last), the sums are reduced over all processes. Collective."""
+    model.eval()
+    device = accelerator.device
+    h, c = model.zero_state(last - first, device)  # (L, b, H)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
+    with torch.no_grad(), accelerator.autocast():
+        for x, y in evals.windows(first, last):  # (b, t) each
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            logits, (h, c) = model(x, (h, c))  # (b, t, V)
+            total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+            total[1] += y.numel()
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return (total[0] / total[1]).item(), int(total[1].item())
+
+
+def choose_prime(prime: str | None, corpus: Corpus, val_ids) -> str:
+    """train.sample_prime (every character in the vocabulary), else the validation split's first line."""
+    if prime is None:
+        head = corpus.decode(val_ids[:200])
+        return head[: head.index("\n") + 1] if "\n" in head else head[:40]
+    missing = sorted(set(prime) - set(corpus.vocab))
+    if missing:
+        raise UserError(f"train.sample_prime has characters the corpus lacks: {', '.join(map(repr, missing))}")
+    return prime or "\n"
+
+
+@torch.no_grad()
+def sample_text(model: CharLSTM, vocab: list[str], prime: str, t) -> str:
+    """t.sample_chars characters after `prime`, top-k 5, from a generator of its own (seeded by train.seed): the
+    training's draws are keyed elsewhere, so sampling changes nothing in the run."""
+    was_training = model.training
+    model.eval()
+    index = {ch: i for i, ch in enumerate(vocab)}
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(t.seed)
+    h, c = model.zero_state(1, device)
+    for ch in prime:
+        logits, h, c = model.step(torch.tensor([index[ch]], device=device), h, c)
+    out = []
+    for _ in range(t.sample_chars):
+        top, ids = logits.float().topk(min(5, len(vocab)), dim=-1)  # (1, 5)
+        pick = ids[0, torch.multinomial(torch.softmax(top[0], dim=-1), 1, generator=generator)]
+        out.append(vocab[int(pick)])
+        logits, h, c = model.step(pick, h, c)
+    model.train(was_training)
+    return "".join(out)

@@ -1,0 +1,230 @@
+"""How the processes of a run start together: the same text everywhere, and one reader of each checkpoint.
+
+On machines that do not share a disk, only the main process's node has out_dir (ckpt.pt) and, usually,
+train.init_from; the other nodes need the corpus and nothing else. So the main process alone opens those
+files, checks them, and hands every process the same payload through the process group (`hand_out`): a
+rerun resumes exactly wherever the files live. Before that, every process loads its own copy of the corpus
+and compares its sha256, Unicode form and vocabulary with the main process's in one small collective.
+
+Anything wrong that a process finds while starting (a missing corpus on one node, a checkpoint that does not
+fit) ends every process with the same one line (`together`): a process that stopped alone would leave the
+others waiting in their next collective.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import torch
+
+from trainer.checkpoint import Checkpoint, load_checkpoint
+from trainer.config import Config, UserError
+from trainer.data import Corpus, load_corpus
+
+T = TypeVar("T")
+
+
+def node_name() -> str:
+    """This process's node and host, for messages: torchrun's GROUP_RANK is the node's rank."""
+    node = os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0"))
+    return f"node {node} ({socket.gethostname()}, process {os.environ.get('RANK', '0')})"
+
+
+def _gather(accelerator, item: Any) -> list[Any]:
+    """Every process's `item`, in process order (a list of one on one process). Collective."""
+    if accelerator.num_processes == 1:
+        return [item]
+    from accelerate.utils import gather_object
+
+    return gather_object([item])
+
+
+def attempt(action: Callable[[], T]) -> tuple[T | None, str | None]:
+    """(action(), None), or (None, the message) when it raised UserError: for `together` to share."""
+    try:
+        return action(), None
+    except UserError as e:
+        return None, str(e)
+
+
+def _raise_first(gathered: list[tuple[str, str | None]]) -> None:
+    """Raise the first process's error of (where, message) pairs in process order, named by its node unless it
+    is the main process."""
+    for rank, (where, message) in enumerate(gathered):
+        if message is not None:
+            raise UserError(message if rank == 0 else f"{where}: {message}")
+
+
+def together(accelerator, action: Callable[[], T]) -> T:
+    """action() on every process; a UserError on any of them is raised on all, with the message of the first
+    (named by its node when it is not the main process). Collective."""
+    result, error = attempt(action)
+    _raise_first(_gather(accelerator, (node_name(), error)))
+    return result
+
+
+class TextIdentity(NamedTuple):
+    sha256: str  # of the corpus bytes
+    normalize: str  # the Unicode form
+    vocab_sha256: str  # of the vocabulary, as JSON
+
+    def short(self) -> str:
+        return f"sha256 {self.sha256[:16]}, {self.normalize}, vocabulary {self.vocab_sha256[:12]}"
+
+
+def load_here(cfg: Config) -> tuple[Corpus | None, str | None]:
+    """This process's corpus from its own disk (encoded and cached once per machine), or why not. Called before
+    the process group exists, so that no collective waits for a long first encode."""
+    return attempt(lambda: load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.normalize))
+
+
+def same_text_everywhere(loaded: tuple[Corpus | None, str | None], cfg: Config, accelerator) -> Corpus:
+    """The corpus load_here gave, once every process has loaded one and all are the main process's text: the
+    same bytes, Unicode form and vocabulary. Any process's error is raised on all. One collective."""
+    corpus, error = loaded
+    identity = None
+    if corpus is not None:
+        vocab_sha256 = hashlib.sha256(json.dumps(corpus.vocab).encode()).hexdigest()
+        identity = TextIdentity(corpus.sha256, cfg.data.normalize, vocab_sha256)
+    gathered = _gather(accelerator, (node_name(), error, identity))
+    _raise_first([(where, message) for where, message, _ in gathered])
+    main_where, _, main_identity = gathered[0]
+    for where, _, identity in gathered[1:]:
+        if identity != main_identity:
+            raise UserError(
+                f"{where} trains on another text than the main process: {identity.short()} there, "
+                f"{main_identity.short()} on {main_where}: data.path must hold the same text on every node"
+            )
+    return corpus
+
+
+class _Slot(NamedTuple):
+    """Where a tensor was in a payload handed out: its index in the order sent, shape and dtype."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def hand_out(payload: T, accelerator) -> T:
+    """The main process's payload (plain data and CPU tensors, nested in dicts and lists) on every process:
+    its structure goes as one pickled object, its tensors by broadcast on the run's device. Collective."""
+    if accelerator.num_processes == 1:
+        return payload
+    import torch.distributed as dist
+
+    tensors: list[torch.Tensor] = []
+
+    def strip(value):
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+            return _Slot(len(tensors) - 1, tuple(value.shape), value.dtype)
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(strip(item) for item in value)
+        return value
+
+    box = [strip(payload) if accelerator.is_main_process else None]
+    dist.broadcast_object_list(box, src=0, device=accelerator.device if accelerator.device.type == "cuda" else None)
+    received: list[torch.Tensor] = []
+
+    def collect(value):
+        if isinstance(value, _Slot):
+            if accelerator.is_main_process:
+                buffer = tensors[value.index].to(accelerator.device)
+            else:
+                buffer = torch.empty(value.shape, dtype=value.dtype, device=accelerator.device)
+            dist.broadcast(buffer, src=0)
+            received.append(buffer.cpu())
+            return received[-1]
+        if isinstance(value, dict):
+            return {key: collect(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(collect(item) for item in value)
+        return value
+
+    return collect(box[0])
+
+
+# ---------------------------------------------------------------- the two checkpoints a run may start from
+
+
+def read_resume_checkpoint(path: Path, cfg: Config, corpus: Corpus, accelerator) -> Checkpoint | None:
+    """out_dir/ckpt.pt as the main process reads and checks it (None when there is none), on every process."""
+
+    def read() -> Checkpoint | None:
+        if not accelerator.is_main_process or not path.exists():
+            return None
+        ckpt = load_checkpoint(path)
+        check_resumable(ckpt, cfg, corpus, path)
+        return ckpt
+
+    return hand_out(together(accelerator, read), accelerator)
+
+
+def fine_tuning(cfg: Config, corpus: Corpus, accelerator) -> tuple[Corpus, Checkpoint | None]:
+    """With train.init_from: its checkpoint (read by the main process, handed to all), and the corpus with
+    ids into its vocabulary followed by the characters the new text adds (characters only the old text had
+    stay). Its model shape must match."""
+    if cfg.train.init_from is None:
+        return corpus, None
+    path = Path(cfg.train.init_from)
+
+    def read() -> Checkpoint | None:
+        if not accelerator.is_main_process:
+            return None
+        init = load_checkpoint(path)
+        for key in ("embed", "hidden", "layers"):
+            before, now = init["config"].get("model", {}).get(key), getattr(cfg.model, key)
+            if before != now:
+                raise UserError(
+                    f"train.init_from {path} has model.{key}={before}, this config says {now}: they must match"
+                )
+        return init
+
+    init = hand_out(together(accelerator, read), accelerator)
+    added = sorted(set(corpus.vocab) - set(init["vocab"]))
+    if accelerator.is_main_process:
+        shown = " ".join(repr(ch) for ch in added[:20]) + (" ..." if len(added) > 20 else "")
+        print(f"charlstm: init_from {path} (step {init['step']}): {len(added)} characters added to its "
+              f"{len(init['vocab'])}" + (f": {shown}" if added else ""), file=sys.stderr)  # fmt: skip
+    vocab = init["vocab"] + added
+    return together(accelerator, lambda: corpus.with_vocab(vocab, cfg.data.cache_dir, cfg.data.normalize)), init
+
+
+def check_resumable(ckpt: Checkpoint, cfg: Config, corpus: Corpus, path: Path) -> None:
+    """Refuse, naming the difference, a checkpoint that does not fit this run; nothing gets overwritten."""
+    if ckpt["vocab"] != corpus.vocab:
+        raise UserError(
+            f"{path} was trained on a different vocabulary ({len(ckpt['vocab'])} characters, this corpus has "
+            f"{len(corpus.vocab)}): use another out_dir"
+        )
+    if ckpt.get("corpus_sha256", corpus.sha256) != corpus.sha256:
+        before = ckpt["config"].get("data", {}).get("path", "?")
+        raise UserError(
+            f"{path} was trained on another text ({before}) than data.path={cfg.data.path}, with the same "
+            f"characters: an out_dir belongs to one run; to train on this text from it, use another out_dir "
+            f"and train.init_from={path}"
+        )
+    for key in ("model.embed", "model.hidden", "model.layers", "train.batch_size", "train.seq_len"):
+        section, name = key.split(".")
+        before, now = ckpt["config"].get(section, {}).get(name), getattr(getattr(cfg, section), name)
+        if before != now:
+            raise UserError(
+                f"{path} holds a run with {key}={before}, this config says {now}: "
+                "use another out_dir, or the same value to resume"
+            )
+    for key in ("optimizer", "streams"):
+        if key not in ckpt:
+            raise UserError(f"{path} has no {key!r} state to resume from (export it, or use another out_dir)")
+    total = ckpt.get("max_steps") if cfg.train.max_steps == "auto" else cfg.train.max_steps
+    if total is not None and ckpt["step"] > total:
+        raise UserError(f"{path} is at step {ckpt['step']}, past train.max_steps={total}")
