@@ -158,11 +158,16 @@ def predict(net, char, h, top_k):
     x = torch.from_numpy(one_hot_encode(np.array([[net.char2int[char]]]), len(net.chars)))
     h = tuple(each.data for each in h)
     out, h = net(x, h)
-    p = F.softmax(out, dim=1).data
+    return net.int2char[pick_top_k(out, top_k)], h
+
+
+def pick_top_k(logits: torch.Tensor, top_k: int, rng=np.random) -> int:
+    """The seed's pick from logits (1, V): softmax, the top k, renormalized, one weighted choice.
+    (tests/test_sampling_math.py checks charlstm's sampler against it.)"""
+    p = F.softmax(logits, dim=1).data
     p, top_ch = p.topk(top_k)
     top_ch, p = top_ch.numpy().squeeze(), p.numpy().squeeze()
-    char = np.random.choice(top_ch, p=p / p.sum())
-    return net.int2char[char], h
+    return int(rng.choice(top_ch, p=p / p.sum()))
 
 
 def sample(net, size, prime="The", top_k=5):
