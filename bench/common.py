@@ -108,7 +108,7 @@ def table(rows: list[tuple], headers: tuple) -> str:
 
 
 def report(title: str, speeds: dict[str, list[float]], reference: str, against: str = "vs seed") -> None:
-    """Medians, ratios against `reference` (the first column of the README's tables), and a JSON line."""
+    """Medians, ratios against `reference` (the first column of the tables in docs/benchmarks.md), and a JSON line."""
     base = median(speeds[reference])
     rows = [(name, f"{median(v):,.0f}", f"{median(v) / base:.2f}x") for name, v in speeds.items()]
     print(f"\n{title}, on {machine()}")

@@ -20,12 +20,13 @@ def make_corpus(path: Path, megabytes: int) -> int:
     accented = text.replace("e ", "é ").replace("n,", "ñ,").replace("?\n", "?¿\n").replace("!\n", "¡!\n")
     accented = accented.replace("--", "—").replace(":\n", ": 🙂\n")
     block = (text + accented).encode("utf-8")
+    size = int(megabytes * 1_000_000)
     with open(path, "wb") as f:
-        written = 0
-        while written < megabytes * 1_000_000:
+        for _ in range(size // len(block)):
             f.write(block)
-            written += len(block)
-    return written
+        rest = block[: size % len(block)]
+        f.write(rest[: rest.rfind(b"\n") + 1])  # whole lines: never a cut UTF-8 sequence
+    return path.stat().st_size
 
 
 def measure(path: Path, cache: Path) -> dict:

@@ -2,7 +2,7 @@
 `auto` picks on this machine (run it under ONEDNN_MAX_CPU_ISA=AVX2 for a CPU without native bf16).
 
 In a fixed budget the width trades against the number of steps; this is the speed half of that trade (the
-README's recipe tables are the other). Every contender is configs/shakespeare.yaml with its shape
+docs/benchmarks.md's recipe tables are the other). Every contender is configs/shakespeare.yaml with its shape
 overridden, in a fresh process, in alternating rounds; the figure is the median over the measured steps
 of all rounds (the first steps of each run are warm-up and not counted).
 

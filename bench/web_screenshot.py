@@ -1,5 +1,5 @@
-"""The README's picture of the web sampler: `python -m serve.web MODEL` in headless Chromium, one seeded
-generation, then a screenshot of the page.
+"""The picture of the web sampler in README.md and docs/serving.md: `python -m serve.web MODEL` in headless
+Chromium, one seeded generation, then a screenshot of the page.
 
     python bench/web_screenshot.py runs/shakespeare/best.onnx docs/web_sampler.png [--prime ROMEO:]
 """

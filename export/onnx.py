@@ -1,6 +1,6 @@
 """`python -m export.onnx CKPT [-o OUT.onnx] [--opset N] [--int8]`: the single-step LSTM cell to ONNX.
 
-Graph (README, Export): token int64 (batch,), h and c float32 (layers, batch, hidden) -> logits float32
+Graph (docs/serving.md, Export): token int64 (batch,), h and c float32 (layers, batch, hidden) -> logits float32
 (batch, vocab), h_out, c_out; batch is dynamic. It is CharLSTM.cell traced by torch's dynamo exporter,
 with the embedding and the first layer's input projection folded into one (vocab, 4*hidden) table,
 so it is Gather, MatMul, Add, Split, Sigmoid, Tanh, Mul: ops every runtime has (WebGL, WebGPU, mobile),

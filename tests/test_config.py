@@ -96,14 +96,14 @@ def test_console_scripts(script, module):
     assert by_script.stdout == by_module.stdout
 
 
-def test_readme_table_and_help_list_every_key_from_one_source():
-    """`--help` and the README's table both come from the dataclasses' own documentation: they cannot drift."""
+def test_config_page_and_help_list_every_key_from_one_source():
+    """`--help` and docs/config.md's table both come from the dataclasses' own documentation: they cannot drift."""
     import dataclasses
 
     from trainer.config import Config, describe, help_text, markdown_table
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    assert markdown_table() in readme
+    page = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
+    assert markdown_table() in page
     keys = [key for key, _, _ in describe()]
     expected = [f"{s}.{f.name}" for s in ("data", "model", "train") for f in dataclasses.fields(getattr(Config(), s))]
     assert keys == [*expected, "out_dir"]

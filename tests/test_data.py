@@ -63,6 +63,40 @@ def test_an_evaluation_budget_reads_the_same_bounded_part_of_every_stream():
     assert EvalStreams(ids, 8, 64, max_chars=4_007).chars == 4_000  # rounded down to whole characters per stream
 
 
+def test_windows_read_from_the_cache_are_the_ids(tmp_path):
+    """The streams read a memory-mapped cache with positional reads (so that the pages read do not stay mapped):
+    the same windows as indexing the ids, for the training split and for the validation split (a view that
+    starts inside the file)."""
+    path = tmp_path / "text.txt"
+    path.write_text("".join(chr(0x61 + (i * 7919) % 26) + ("\n" if i % 61 == 0 else "") for i in range(40_000)))
+    corpus = load_corpus(str(path), cache_dir=tmp_path / "cache")
+    train_ids, val_ids = split(corpus.ids, 0.2)
+    streams, evals = TrainStreams(train_ids, 8, 32), EvalStreams(val_ids, 8, 32, max_chars=2_000)
+    assert streams.reader.file is not None and evals.reader.file is not None  # the positional reads are used
+    in_memory = np.asarray(corpus.ids).copy()
+    train_copy, val_copy = split(in_memory, 0.2)
+    for step in (0, 1, 57, streams.windows_per_epoch + 3):
+        for mine, theirs in zip(streams.window(step, 2, 6), TrainStreams(train_copy, 8, 32).window(step, 2, 6)):
+            np.testing.assert_array_equal(mine, theirs)
+    for mine, theirs in zip(evals.windows(0, 8), EvalStreams(val_copy, 8, 32, max_chars=2_000).windows(0, 8)):
+        np.testing.assert_array_equal(mine[0], theirs[0])
+        np.testing.assert_array_equal(mine[1], theirs[1])
+    assert data.file_position(val_ids)[1] > data.file_position(corpus.ids)[1]  # the view starts inside the file
+    np.testing.assert_array_equal(np.concatenate(list(data.id_chunks(val_ids))), val_copy)  # read by plain reads
+
+
+def test_the_validation_split_written_as_text(tmp_path, capsys):
+    """`python -m trainer.data --config ... --write-val FILE`: the split that serve.score can score whole."""
+    from conftest import EMPTY_CONFIG, ENGLISH
+
+    out = tmp_path / "val.txt"
+    assert data.main(["--config", str(EMPTY_CONFIG), f"data.path={ENGLISH}", "--write-val", str(out)]) == 0
+    corpus = load_corpus(str(ENGLISH))
+    assert out.read_text(encoding="utf-8") == corpus.decode(split(corpus.ids, 0.1)[1])
+    assert data.main([str(ENGLISH), "--write-val", str(out)]) == 2  # the split needs the config's val_fraction
+    assert "--config" in capsys.readouterr().err
+
+
 def test_validation_is_the_last_fraction():
     ids = np.arange(1000)
     train, val = split(ids, 0.1)
@@ -90,12 +124,17 @@ def test_id_dtype_grows_with_the_vocab(tmp_path):
 
 
 def test_chunked_encoding_across_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 7)  # multi-byte characters straddle chunk edges
+    monkeypatch.setattr(data, "TEXT_CHUNK_BYTES", 7)  # ranges of 7 bytes, each extended to its next newline
     text = "añoñ🙂é" * 50 + "plain ascii " * 20
     path = tmp_path / "chunks.txt"
     path.write_text(text, encoding="utf-8")
     corpus = load_corpus(str(path))
     assert corpus.decode(corpus.ids) == text
+    lines = "añoñ🙂é\n" * 50 + "plain ascii\n" * 20 + "🙂 the last line has no newline"  # many ranges
+    path.write_text(lines, encoding="utf-8")
+    assert len(data._line_ranges(path)) == 71
+    corpus = load_corpus(str(path))
+    assert corpus.decode(corpus.ids) == lines and corpus.vocab == sorted(set(lines))
 
 
 def test_cache_is_reused_and_keyed_by_content(tmp_path):
@@ -169,7 +208,7 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
 
 
 def test_not_utf8_names_the_byte_offset(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 5)
+    monkeypatch.setattr(data, "TEXT_CHUNK_BYTES", 5)
     path = tmp_path / "bad.txt"
     path.write_bytes("ñandú ".encode() * 3 + b"ok\xffrest")
     offset = len("ñandú ".encode() * 3) + 2
@@ -199,7 +238,7 @@ def test_python_docs_builtin():
 
 
 def test_a_large_corpus_is_not_read_again_to_find_its_cache(tmp_path, monkeypatch):
-    """Files above HASH_WHOLE_BYTES (64 MB; 0 here) are hashed only when their size, mtime or inode change: a
+    """Files above HASH_WHOLE_BYTES (8 MB; 0 here) are hashed only when their size, mtime or inode change: a
     warm launch of a corpus of many GB costs a stat, not a read. An edit is still seen."""
     monkeypatch.setattr(data, "HASH_WHOLE_BYTES", 0)
     hashed = []

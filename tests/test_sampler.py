@@ -409,7 +409,7 @@ def test_the_draws_are_the_documented_generator():
 )
 def test_javascript_seeded_text_equals_python(trained_onnx, options):
     """The same seed and options give the same 500 characters in Node.js and in Python: one generator, one pick
-    procedure (README: Sampling and scoring)."""
+    procedure (docs/serving.md)."""
     if shutil.which("node") is None or not (JS / "node_modules" / "onnxruntime-node").is_dir():
         if os.environ.get("CI"):
             pytest.fail("node and serve/js/node_modules are required in CI (.ci/run installs them)")

@@ -321,7 +321,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's documentation as written in the class: the docstring under it, else its trailing comment
-    and the comment lines that continue it. `--help` and the README's table both come from here."""
+    and the comment lines that continue it. `--help` and the table of docs/config.md both come from here."""
     source = textwrap.dedent(inspect.getsource(cls))
     lines = source.splitlines()
     comments = {
@@ -375,7 +375,7 @@ def help_text() -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table: `python -m trainer.config` prints it."""
+    """The configuration table of docs/config.md: `python -m trainer.config` prints it."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     rows += [f"| `{key}` | `{default}` | {meaning} |" for key, default, meaning in describe()]
     return "\n".join(rows)

@@ -15,11 +15,11 @@ makes resume exact; at w == 0 a new epoch starts and the carried LSTM state is r
 
 from __future__ import annotations
 
-import codecs
 import glob
 import hashlib
 import io
 import json
+import mmap
 import os
 import sys
 import sysconfig
@@ -36,7 +36,9 @@ from trainer.files import atomic_write, atomic_write_bytes
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CHUNK_BYTES = 16 << 20  # encode 16 MB at a time: bounded memory for any corpus size
+CHUNK_BYTES = 16 << 20  # read, hash and remap 16 MB at a time: bounded memory for any corpus size
+TEXT_CHUNK_BYTES = 4 << 20  # text decoded and normalized at a time, per worker (memory: about 20x this)
+PARALLEL_MIN_BYTES = 32 << 20  # a corpus this large is encoded by one process per core
 MAX_CODEPOINT = 0x110000
 
 
@@ -205,16 +207,28 @@ def id_dtype(vocab_size: int) -> np.dtype:
     raise AssertionError("unreachable: Unicode has fewer than 2**32 code points")
 
 
+def file_position(ids: np.ndarray) -> tuple[str, int] | None:
+    """(file, byte offset of ids[0]) when `ids` is a memory-mapped cache or a contiguous 1-D view of one, for
+    positional reads of it; else None."""
+    root = ids if isinstance(ids.base, mmap.mmap) else ids.base
+    if not (isinstance(ids, np.memmap) and isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
+        return None
+    if ids.ndim != 1 or not ids.flags.c_contiguous or not root.filename:
+        return None
+    return root.filename, root.offset + (ids.ctypes.data - root.ctypes.data)
+
+
 def id_chunks(ids: np.ndarray):
     """The ids in chunks of CHUNK_BYTES, read from the file behind a memory-mapped array with plain reads:
     the pages read are not kept mapped, so streaming over many GB keeps the process small."""
     step = max(1, CHUNK_BYTES // ids.itemsize)
-    if not isinstance(ids, np.memmap) or ids.base is None:
+    position = file_position(ids)
+    if position is None:
         for start in range(0, len(ids), step):
             yield np.asarray(ids[start : start + step])
         return
-    with open(ids.filename, "rb") as f:
-        f.seek(ids.offset)
+    with open(position[0], "rb") as f:
+        f.seek(position[1])
         for start in range(0, len(ids), step):
             yield np.fromfile(f, dtype=ids.dtype, count=min(step, len(ids) - start))
 
@@ -227,7 +241,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-HASH_WHOLE_BYTES = 64 << 20  # a file up to this size is hashed at every use (well under 0.1 s)
+HASH_WHOLE_BYTES = 8 << 20  # a file up to this size is hashed at every use (a few ms)
 
 
 def _stamp(path: Path) -> list[int]:
@@ -292,43 +306,6 @@ def normalize(text: str, form: str) -> str:
     return text if form == "none" else unicodedata.normalize(form, text)
 
 
-def _text_chunks(path: Path, form: str):
-    """Yield the corpus as text in normal form `form`, chunk by chunk; bad UTF-8 -> UserError with offset.
-    A chunk ends at its last newline (the rest waits for the next one): normalization never reaches across a
-    newline, so chunking changes nothing."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, carry = 0, ""
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(CHUNK_BYTES)
-            final = not block
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(block, final=final)
-            except UnicodeDecodeError as e:
-                raise UserError(
-                    f"{path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at byte offset "
-                    f"{offset - pending + e.start})"
-                ) from None
-            offset += len(block)
-            text = carry + text
-            cut = len(text) if final or form == "none" else text.rfind("\n") + 1
-            carry = text[cut:]
-            if cut:
-                yield normalize(text[:cut], form)
-            if final:
-                return
-
-
-def _codepoint_chunks(path: Path, form: str):
-    """Yield the corpus as code point arrays (uint8 for ASCII chunks, else uint32), one per chunk."""
-    for text in _text_chunks(path, form):
-        if text.isascii():  # the common case: one byte per character, no re-encoding needed
-            yield np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        else:
-            yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
 def _write_ids(out: Path, dtype: np.dtype, total: int, chunks) -> str:
     """Write ids, chunk by chunk, as a .npy file of `total` ids at `out` (atomically, with plain writes: no
     page of it stays mapped); returns the file's sha256."""
@@ -348,22 +325,112 @@ def _write_ids(out: Path, dtype: np.dtype, total: int, chunks) -> str:
     return digest.hexdigest()
 
 
+def _line_ranges(path: Path) -> list[tuple[int, int]]:
+    """(start, end) byte ranges that cover the file, each of about TEXT_CHUNK_BYTES and ending just after a
+    newline (or at the end). A newline byte is never inside a UTF-8 sequence, and normalization never reaches
+    across a newline, so the ranges encode apart exactly as the whole would."""
+    total, ranges, start = path.stat().st_size, [], 0
+    with open(path, "rb") as f:
+        while start < total:
+            end = start + TEXT_CHUNK_BYTES
+            if end >= total:
+                end = total
+            else:
+                f.seek(end)
+                while True:  # forward to the next newline (a very long line makes a longer range)
+                    block = f.read(1 << 16)
+                    if not block:
+                        end = total
+                        break
+                    if (newline := block.find(b"\n")) >= 0:
+                        end += newline + 1
+                        break
+                    end += len(block)
+            ranges.append((start, end))
+            start = end
+    return ranges
+
+
+def _encode_range(path: Path, start: int, end: int, form: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes [start, end) of the file as (the code points they hold, sorted; their ids into those code points).
+    Bad UTF-8 -> UserError naming the byte offset in the file. Runs in the encoding's worker processes."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        raw = f.read(end - start)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte offset {start + e.start})"
+        ) from None
+    if text.isascii():  # the common case: one byte per character, which no normal form changes
+        cps = np.frombuffer(raw, dtype=np.uint8)
+    else:
+        cps = np.frombuffer(normalize(text, form).encode("utf-32-le"), dtype=np.uint32)
+    present = np.flatnonzero(np.bincount(cps))  # this range's code points, sorted
+    local = np.zeros(int(present[-1]) + 1 if len(present) else 1, dtype=id_dtype(max(1, len(present))))
+    local[present] = np.arange(len(present), dtype=local.dtype)
+    return present.astype(np.uint32), local[cps]
+
+
+def _in_order(tasks: list[tuple], workers: int):
+    """_encode_range over tasks, results in task order: in this process, or in `workers` fresh processes with
+    at most 2 x workers results waiting (bounded memory whatever the corpus size)."""
+    if workers < 2:
+        yield from (_encode_range(*task) for task in tasks)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the workers start clean (the trainer may hold threads that a fork would copy in a broken state)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        waiting, pending = deque(), iter(tasks)
+        for task in pending:
+            waiting.append(pool.submit(_encode_range, *task))
+            if len(waiting) >= 2 * workers:
+                yield waiting.popleft().result()
+        while waiting:
+            yield waiting.popleft().result()
+
+
+def encode_workers(size: int) -> int:
+    """Processes that encode a corpus of `size` bytes: one for small ones, else one per core (at most 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if size < PARALLEL_MIN_BYTES else max(1, min(8, cores))
+
+
 def encode_file(path: Path, out: Path, form: str = "NFC") -> tuple[list[str], str]:
-    """Two chunked passes: count code points, then map them to ids into a .npy file at `out`.
-    Returns the vocabulary and the sha256 of the file written."""
-    counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
-    for cps in _codepoint_chunks(path, form):
-        span = 256 if cps.dtype == np.uint8 else MAX_CODEPOINT
-        counts[:span] += np.bincount(cps, minlength=span)
-    total = int(counts.sum())
-    if total == 0:
-        raise UserError(f"{path}: the file is empty")
-    codepoints = np.flatnonzero(counts)
-    vocab = [chr(cp) for cp in codepoints]
-    dtype = id_dtype(len(vocab))
-    lookup = np.zeros(MAX_CODEPOINT, dtype=dtype)
-    lookup[codepoints] = np.arange(len(codepoints), dtype=dtype)
-    return vocab, _write_ids(out, dtype, total, (lookup[cps] for cps in _codepoint_chunks(path, form)))
+    """The corpus as ids into its vocabulary (its code points, sorted), in a .npy file at `out`; returns the
+    vocabulary and the file's sha256. One pass decodes and normalizes the text, range by range (in parallel
+    for a large corpus), into ids into each range's own code points, kept in a temp file beside `out`; a second
+    pass maps them to the vocabulary's ids as it writes `out`."""
+    ranges = _line_ranges(path)
+    parts = out.with_name(f".{out.name}.{os.getpid()}.parts.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    layout = []  # (code points, id dtype, count) of each range, in order
+    try:
+        with open(parts, "wb") as f:
+            tasks = [(path, start, end, form) for start, end in ranges]
+            for present, ids in _in_order(tasks, encode_workers(path.stat().st_size)):
+                f.write(ids.tobytes())
+                layout.append((present, ids.dtype, len(ids)))
+        total = sum(count for _, _, count in layout)
+        if total == 0:
+            raise UserError(f"{path}: the file is empty")
+        codepoints = np.unique(np.concatenate([present for present, _, _ in layout]))
+        vocab = [chr(cp) for cp in codepoints]
+        dtype = id_dtype(len(vocab))
+
+        def remapped():
+            with open(parts, "rb") as f:
+                for present, part_dtype, count in layout:
+                    table = np.searchsorted(codepoints, present).astype(dtype)  # range id -> vocabulary id
+                    yield table[np.fromfile(f, dtype=part_dtype, count=count)]
+
+        return vocab, _write_ids(out, dtype, total, remapped())
+    finally:
+        parts.unlink(missing_ok=True)
 
 
 def cache_paths(
@@ -455,6 +522,30 @@ def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]
 # ---------------------------------------------------------------- streams
 
 
+class WindowReader:
+    """ids[s : s + length] for many starts s at once. From a memory-mapped cache it reads with positional reads
+    (os.pread) instead of through the mapping: a step reads a few characters at each of B places spread over a
+    corpus of many GB, and the kernel maps a whole page-cache folio, about a megabyte, around each place it is
+    read through a mapping, which would count in the process's memory (80 MB for 32 streams in 40 steps and one
+    evaluation of a 1 GB corpus, measured). Anything else (an array in memory) is indexed as it is."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self.file = None
+        position = file_position(ids) if hasattr(os, "pread") else None
+        if position is not None:
+            self.file = open(position[0], "rb", buffering=0)  # noqa: SIM115 (lives as long as the reader)
+            self.first_byte = position[1]
+
+    def read(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """(len(starts), length) int64: the ids from each start."""
+        if self.file is None:
+            return self.ids[starts[:, None] + np.arange(length)].astype(np.int64)
+        size, dtype, fd = self.ids.itemsize, self.ids.dtype, self.file.fileno()
+        rows = [np.frombuffer(os.pread(fd, length * size, self.first_byte + int(s) * size), dtype) for s in starts]
+        return np.stack(rows).astype(np.int64)
+
+
 class TrainStreams:
     """B contiguous streams over the train split; window(step) is a pure function of the step."""
 
@@ -471,13 +562,13 @@ class TrainStreams:
         self.seq_len = seq_len
         self.windows_per_epoch = (len(ids) - 1) // (batch_size * seq_len)  # W
         self.stream_len = self.windows_per_epoch * seq_len  # S
-        self._offsets = np.arange(seq_len + 1)
+        self.reader = WindowReader(ids)
 
     def window(self, step: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets (last-first, T) int64 of streams [first, last) at this step."""
         w = step % self.windows_per_epoch
         starts = np.arange(first, last) * self.stream_len + w * self.seq_len
-        chunk = self.ids[starts[:, None] + self._offsets].astype(np.int64)  # (b, T+1)
+        chunk = self.reader.read(starts, self.seq_len + 1)  # (b, T+1)
         return chunk[:, :-1], chunk[:, 1:]
 
     def starts_epoch(self, step: int) -> bool:
@@ -504,6 +595,7 @@ class EvalStreams:
         self.seq_len = seq_len
         self.stream_len = (len(ids) - 1) // batch_size  # where stream b starts: b * stream_len
         self.read_len = self.stream_len if max_chars is None else min(self.stream_len, max_chars // batch_size)
+        self.reader = WindowReader(ids)
 
     @property
     def chars(self) -> int:
@@ -515,7 +607,7 @@ class EvalStreams:
         for start in range(0, self.read_len, self.seq_len):
             length = min(self.seq_len, self.read_len - start)
             starts = np.arange(first, last) * self.stream_len + start
-            chunk = self.ids[starts[:, None] + np.arange(length + 1)].astype(np.int64)
+            chunk = self.reader.read(starts, length + 1)  # (b, t+1)
             yield chunk[:, :-1], chunk[:, 1:]
 
 
@@ -534,26 +626,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="take data.path, data.normalize and data.cache_dir from this config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the config, e.g. data.path=novel.txt")
     parser.add_argument("--processes", type=int, help="with --config: check that the run fits this many processes")
+    parser.add_argument(
+        "--write-val",
+        metavar="FILE",
+        help="with --config: write the validation split (data.val_fraction) to FILE as text, for "
+        "`python -m serve.score MODEL FILE` to score it whole",
+    )
     args = parser.parse_args(argv)
     try:
+        val_fraction = None
         if args.config is not None:
             overrides = [args.spec, *args.overrides] if args.spec else args.overrides
             cfg = load_config(args.config, overrides)
             if args.processes is not None:
                 check_processes(cfg, args.processes)
             spec, cache_dir, form = cfg.data.path, cfg.data.cache_dir, cfg.data.normalize
-        elif args.spec is not None and not args.overrides:
+            val_fraction = cfg.data.val_fraction
+        elif args.spec is not None and not args.overrides and args.write_val is None:
             spec, cache_dir, form = args.spec, None, "NFC"
         else:
-            print("error: give a data.path value, or --config FILE [key=value ...]", file=sys.stderr)
+            print("error: give a data.path value, or --config FILE [key=value ...] (with --write-val)", file=sys.stderr)
             return 2
         corpus = load_corpus(spec, cache_dir, form)
+        if args.write_val is not None:
+            _, val_ids = split(corpus.ids, val_fraction)
+            try:
+                with atomic_write(Path(args.write_val)) as out:
+                    for chunk in id_chunks(val_ids):
+                        out.write(corpus.decode(chunk).encode("utf-8"))
+            except OSError as e:
+                raise UserError(f"--write-val {args.write_val}: cannot be written: {e.strerror or e}") from None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(
         f"{len(corpus.ids):,} characters, vocab {len(corpus.vocab)}, sha256 {corpus.sha256[:16]}; "
         f"ids cached in {corpus.ids.filename}"
+        + (f"; validation split written to {args.write_val}" if args.write_val else "")
     )
     return 0
 

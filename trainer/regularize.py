@@ -53,7 +53,7 @@ def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.d
     noise = torch.empty((last - first, *shape), device=device)  # (b, L, T, H)
     for i, stream in enumerate(range(first, last)):
         noise[i].uniform_(generator=_generator(cfg.train.seed, step, stream, Purpose.DROPOUT, device))
-    return ((noise >= p) * (1.0 / (1.0 - p))).transpose(0, 1)  # uniform_ is 3x cheaper than bernoulli_ on a CPU
+    return ((noise >= p) * (1.0 / (1.0 - p))).transpose(0, 1)  # uniform_: cheaper than bernoulli_ on a CPU
 
 
 def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor | None:
@@ -71,7 +71,8 @@ def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor |
 def state_resets(cfg: Config, step: int, first: int, last: int) -> torch.Tensor | None:
     """Which of streams [first, last) start this window from a zero state (b,) bool, each with probability
     train.state_reset. Why: sampling starts from a zero state, but carried training state is zero only at
-    epoch starts, so without resets a model can learn to handle fresh starts badly (README, Benchmarks)."""
+    epoch starts, so without resets a model can learn to handle fresh starts badly (docs/benchmarks.md, Fresh
+    starts)."""
     p = cfg.train.state_reset
     if p == 0.0:
         return None
@@ -108,7 +109,7 @@ def activation_penalty(cfg: Config, top: torch.Tensor) -> torch.Tensor:
 class WeightAverage:
     """An exponential moving average of a model's weights (train.ema_decay), updated after every step.
     It is what gets evaluated, kept as best.pt and exported: it smooths out the noise of the last steps,
-    which lets small batches and strong dropout pay off (README, Benchmarks)."""
+    which lets small batches and strong dropout pay off (docs/benchmarks.md)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.model = model.eval().requires_grad_(False)

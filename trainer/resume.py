@@ -188,7 +188,7 @@ def fine_tuning(cfg: Config, corpus: Corpus, accelerator) -> tuple[Corpus, Check
                 raise UserError(
                     f"train.init_from {path} has model.{key}={before}, this config says {now}: they must match"
                 )
-        return init
+        return {key: init[key] for key in ("model", "vocab", "config", "step")}  # its optimizer state stays behind
 
     init = hand_out(together(accelerator, read), accelerator)
     added = sorted(set(corpus.vocab) - set(init["vocab"]))

@@ -1,4 +1,4 @@
-"""The page in headless Chromium, for the tests, the benchmark and the README's screenshot: `python -m
+"""The page in headless Chromium, for the tests, the benchmark and the screenshot of the pages: `python -m
 serve.web` in a child process and Debian's chromium driven by Playwright (`pip install playwright`; its own
 browser download is not needed). Nothing here runs on import."""
 
