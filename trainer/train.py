@@ -196,8 +196,10 @@ def collective_failure(error: BaseException, timeout: float) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     speaks = int(os.environ.get("RANK", "0")) == 0  # on N processes, one of them reports the error
+    timeout = Config().train.collective_timeout
     try:
         cfg = load_config(args.config, args.overrides)
+        timeout = cfg.train.collective_timeout
         return train(cfg)
     except (UserError, TrainingError) as e:
         if speaks:
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             print("charlstm: interrupted before training started; nothing saved", file=sys.stderr)
         return 130
     except RuntimeError as e:  # every process that saw the fault says so: the peer at fault may be the main one
-        line = collective_failure(e, cfg.train.collective_timeout)
+        line = collective_failure(e, timeout)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
