@@ -1,10 +1,11 @@
 """Corpus -> character ids -> sharded stateful streams.
 
-The corpus is read in chunks and encoded with numpy (no Python loop per character), so a 100 MB
-text encodes at tens of MB/s and a corpus larger than RAM still trains: the ids are written once to
-a memory-mapped .npy cache in the user's cache folder ($XDG_CACHE_HOME/charlstm/ids, else
-~/.cache/charlstm/ids), keyed by the corpus' sha256; nothing is written beside the corpus. The cache is
-checked against digests written with it, and rebuilt (with one line saying so) when it does not match.
+The corpus is read in ranges cut at newlines and encoded with numpy (no Python loop per character), by one
+process per core for a large corpus, and a corpus larger than RAM still trains: the ids are written once to
+a .npy cache in the user's cache folder ($XDG_CACHE_HOME/charlstm/ids, else ~/.cache/charlstm/ids), keyed by
+the corpus' sha256, memory-mapped when loaded and read by the streams with positional reads; nothing is
+written beside the corpus. The cache is checked against digests written with it, and rebuilt (with one line
+saying so) when it does not match; a large file is hashed again only when its stat changes (Digests).
 
 Stream layout (training). The train split of n ids is cut into B streams of S = W*T characters,
 W = (n - 1) // (B*T) windows per epoch. Stream b reads ids[b*S + w*T : b*S + (w+1)*T] at window w
