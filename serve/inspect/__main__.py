@@ -1,0 +1,5 @@
+import sys
+
+from serve.inspect.cli import main
+
+sys.exit(main())
