@@ -241,3 +241,72 @@ def test_bad_input_is_one_line(trained_onnx, tmp_path, setup, args, message):
 def test_unknown_skip_reads_the_known_characters(trained_onnx):
     figures = inspect_text(trained_onnx, "snow ☃ here", unknown="skip")
     assert "".join(p["char"] for p in figures["positions"]) == "snow  here"
+
+
+def close_tops(js: list, py: list, tol: float = 1e-4) -> bool:
+    """The same 5 guesses with the same probabilities within tol, ties between the 5th and 6th allowed."""
+    if [p for _, p in js] != pytest.approx([p for _, p in py], abs=tol):
+        return False
+    return [c for c, _ in js[:4]] == [c for c, _ in py[:4]] and (js[4][0] == py[4][0] or abs(js[4][1] - py[4][1]) < tol)
+
+
+def test_page_inspects_as_python_does(trained_onnx, tmp_path):
+    """The page's inspect view on 3,000 characters: surprise and top 5 at every position equal Python's within
+    1e-4, the best cell of each feature and its r too; a click on the best next character appends it and offers
+    Python's next guesses. The report opens from disk in the same browser and fetches nothing."""
+    from test_web import needs, needs_web_files  # skip as the page tests do where chromium is missing (not in CI)
+
+    from serve.web import headless
+
+    needs_web_files()
+    needs(headless.chromium_path() is not None, "no chromium")
+    text = ENGLISH.read_text(encoding="utf-8")[20000:23000]
+    python = inspect_text(trained_onnx, text)
+    with headless.served(trained_onnx) as url, headless.chromium() as browser:
+        page = headless.open_page(browser, url)
+        page.fill("#inspect-input", text)
+        page.click("#inspect-run")
+        page.wait_for_function("document.body.dataset.inspect === 'done'", timeout=240_000)
+        js = page.evaluate(
+            "() => ({ positions: inspection.positions, bpc: inspection.bpc, best: Object.fromEntries("
+            "Object.entries(inspection.ranking).map(([k, v]) => [k, v.slice(0, 3)])) })"
+        )
+        assert [p["char"] for p in js["positions"]] == list(text)
+        for t, (j, p) in enumerate(zip(js["positions"][1:], python["positions"][1:]), start=1):
+            assert j["bits"] == pytest.approx(p["bits"], abs=1e-4), t
+            assert close_tops(j["top"], p["top"]), (t, j["top"], p["top"])
+        assert js["bpc"] == pytest.approx(python["bpc"], abs=1e-5)
+        for name, cells in js["best"].items():
+            by_cell = {(c["layer"], c["unit"], c["kind"]): c["r"] for c in python["features"][name]}
+            for c in cells:
+                expected = by_cell[(c["layer"], c["unit"], c["kind"])]
+                assert (c["r"] is None) == (expected is None) and (c["r"] is None or abs(c["r"] - expected) < 1e-3)
+        page.hover("#inspect-text span:nth-child(10)")
+        assert page.inner_text("#inspect-details").startswith(f"#9 {json.dumps(text[9])}: ")
+        first = page.get_attribute("#inspect-next button", "data-char")
+        assert first == python_next(trained_onnx, text)[0][0]
+        page.click("#inspect-next button")
+        page.wait_for_function(f"inspection.positions.length === {len(text) + 1}")
+        offered = page.eval_on_selector_all("#inspect-next button", "bs => bs.map(b => b.dataset.char)")
+        assert offered == [ch for ch, _ in python_next(trained_onnx, text + first)]
+        assert page.errors == []
+
+        report = tmp_path / "report.html"
+        (tmp_path / "text.txt").write_text(text[:1000], encoding="utf-8")
+        done = run_cli("-m", "serve.inspect", str(trained_onnx), str(tmp_path / "text.txt"), "--out", str(report))
+        assert done.returncode == 0, done.stderr
+        offline = browser.new_page()
+        requests = []
+        offline.on("request", lambda request: requests.append(request.url))
+        offline.goto(report.as_uri())
+        assert offline.eval_on_selector_all("#text span", "s => s.length") == 1000
+        offline.hover("#text span:nth-child(2)")
+        assert "top 5" in offline.inner_text("#details")
+        offline.click("button.cell[data-cell]")
+        assert "coloured by cell" in offline.inner_text("#legend")
+        assert requests == [report.as_uri()]
+
+
+def python_next(model, text: str) -> list:
+    """The model's top 5 guesses for the character after `text`."""
+    return inspect_text(model, text + text[-1])["positions"][-1]["top"]

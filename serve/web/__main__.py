@@ -44,6 +44,8 @@ def routes(model: Path | None) -> dict[str, Path]:
         "/app.js": HERE / "app.js",
         "/style.css": HERE / "style.css",
         "/core.js": JS / "core.js",
+        "/inspect.js": JS / "inspect.js",
+        "/inspect_view.js": HERE / "inspect_view.js",
     }
     table.update({f"/ort/{name}": ORT_DIST / name for name in ORT_FILES})
     if model is not None:

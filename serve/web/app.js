@@ -4,6 +4,7 @@
 // done or stopped.
 
 import { codePoint, describeModel, Sampler, SamplerError } from './core.js';
+import { setupInspect } from './inspect_view.js';
 
 const $ = (id) => document.getElementById(id);
 let sampler = null; // the loaded model's Sampler
@@ -212,6 +213,7 @@ document.addEventListener('drop', (event) => {
   loadFile(event.dataTransfer.files[0]);
 });
 
+setupInspect(() => sampler);
 setState('empty');
 const modelUrl = new URLSearchParams(location.search).get('model');
 if (modelUrl) loadUrl(modelUrl);
