@@ -68,21 +68,22 @@ class Graph:
     def terms(self, name: str) -> list[tuple[Term, int | None]]:
         """The summands of `name`, each with the layer of its own h (None for the others)."""
         if name in self.init:
-            return [(Term("bias", self.init[name].astype(np.float64)), None)]
+            return [(Term("bias", self.init[name].astype(np.float32)), None)]
         node = self.node(name)
         if node.op_type == "Add":
             return self.terms(node.input[0]) + self.terms(node.input[1])
         if node.op_type == "Gather" and node.input[1] == "token" and node.input[0] in self.init:
-            return [(Term("token", self.init[node.input[0]].astype(np.float64)), None)]
+            return [(Term("token", self.init[node.input[0]].astype(np.float32)), None)]
         if node.op_type == "MatMul" and node.input[1] in self.init:
-            return [self.product(node.input[0], self.init[node.input[1]].astype(np.float64))]
+            return [self.product(node.input[0], self.init[node.input[1]].astype(np.float32))]
         if node.op_type == "Mul":  # int8: Cast(MatMulInteger(q(x), Wq, zx, zw)) * (scale_x * scale_w)
             integer = self.producer.get(self.producer.get(node.input[0], node).input[0])
             if integer is not None and integer.op_type == "MatMulInteger":
                 quantized = self.node(integer.input[0])  # DynamicQuantizeLinear(x)
                 wq, zw = self.init[integer.input[1]], self.init[integer.input[3]]
                 scale = float(self.init[self.node(node.input[1]).input[1]])
-                term, index = self.product(quantized.input[0], wq.astype(np.float64) - float(zw))
+                # integers in float32: a sum of H products of at most 127 x 255 is exact below 2^24
+                term, index = self.product(quantized.input[0], (wq.astype(np.int32) - int(zw)).astype(np.float32))
                 term.scale = scale
                 return [(term, index)]
         raise GateError(f"unexpected {node.op_type} node ({name}) in the gates of a layer")
@@ -123,17 +124,18 @@ def read_layers(path: str) -> tuple[list[Layer], str]:
 
 
 def quantized_matmul(x: np.ndarray, weight: np.ndarray, scale: float | None) -> np.ndarray:
-    """x (T, H) @ weight (H, 4H); for int8 x is first quantized per row (one step at batch 1 is one tensor) as
-    DynamicQuantizeLinear does: uint8, the range widened to hold 0, round half to even."""
+    """x (T, H) @ weight (H, 4H), in float32 as onnxruntime (a batched matmul: the check costs a fraction of the
+    steps); for int8 x is first quantized per row (one step at batch 1 is one tensor) as DynamicQuantizeLinear
+    does: uint8, the range widened to hold 0, round half to even."""
     if scale is None:
         return x @ weight
     low = np.minimum(x.min(axis=1, keepdims=True), 0.0)
     high = np.maximum(x.max(axis=1, keepdims=True), 0.0)
-    x_scale = ((high - low) / 255.0).astype(np.float32).astype(np.float64)
-    x_scale = np.where(x_scale == 0, 1.0, x_scale)
+    x_scale = (high - low) / np.float32(255.0)
+    x_scale = np.where(x_scale == 0, np.float32(1.0), x_scale)
     zero = np.clip(np.rint(-low / x_scale), 0, 255)
     q = np.clip(np.rint(x / x_scale) + zero, 0, 255) - zero
-    return (q @ weight) * (x_scale * np.float32(scale).astype(np.float64))
+    return (q @ weight) * (x_scale * np.float32(scale))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -153,8 +155,8 @@ class Saturation:
         self.max_diff = 0.0
 
     def update(self, tokens: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, h: np.ndarray, c: np.ndarray):
-        """tokens (T,); h_prev, c_prev (T, L, H): the state each step started from; h, c (T, L, H): onnxruntime's
-        state after it."""
+        """tokens (T,); h_prev, c_prev (T, L, H) float32: the state each step started from; h, c (T, L, H):
+        onnxruntime's state after it."""
         for i, layer in enumerate(self.layers):
             if i == 0:
                 pre = layer.table[tokens]  # (T, 4H)

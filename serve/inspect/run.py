@@ -112,18 +112,18 @@ def inspect_text(
     traces = np.zeros((n, 2 * layers * hidden), dtype=np.int8)  # (n, C): c of every layer, then h
     bits = np.zeros(n)
     tops, probs = np.zeros((n, TOP), dtype=np.int64), np.zeros((n, TOP))
-    h_last, c_last = np.zeros((1, layers, hidden)), np.zeros((1, layers, hidden))
+    h_last, c_last = np.zeros((1, layers, hidden), np.float32), np.zeros((1, layers, hidden), np.float32)
     for start in range(0, n, CHUNK):
         span = ids[start : start + CHUNK]
         h, c = np.empty((len(span), layers, hidden), np.float32), np.empty((len(span), layers, hidden), np.float32)
         logits = np.empty((len(span), vocab), np.float32)
         reader.read(span, h, c, logits)
-        h64, c64 = h.astype(np.float64), c.astype(np.float64)
         if saturation is not None:
-            h_prev, c_prev = np.concatenate([h_last, h64[:-1]]), np.concatenate([c_last, c64[:-1]])
-            saturation.update(span, h_prev, c_prev, h64, c64)
-        h_last, c_last = h64[-1:], c64[-1:]
-        acts = np.concatenate([np.tanh(c64).reshape(len(span), -1), h64.reshape(len(span), -1)], axis=1)  # (T, C)
+            h_prev, c_prev = np.concatenate([h_last, h[:-1]]), np.concatenate([c_last, c[:-1]])
+            saturation.update(span, h_prev, c_prev, h, c)
+        h_last, c_last = h[-1:], c[-1:]
+        acts = np.concatenate([np.tanh(c).reshape(len(span), -1), h.reshape(len(span), -1)], axis=1)  # (T, C)
+        acts = acts.astype(np.float64)  # the correlation sums in float64
         correlations.update(acts, feats[start : start + len(span)])
         traces[start : start + len(span)] = np.rint(acts * 127)
         predicted = min(len(span), n - 1 - start)  # the last step predicts past the text
