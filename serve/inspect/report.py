@@ -94,15 +94,15 @@ show(0);
 def feature_table(figures: dict) -> str:
     rows = ["<tr><th>feature</th><th>cell (click: colour the text by it)</th><th>r</th></tr>"]
     for name, cells in figures["features"].items():
-        for k, cell in enumerate(cells[:SHOWN_ROWS]):
-            first = f"<td rowspan='{min(len(cells), SHOWN_ROWS)}'>{html.escape(name)}</td>" if k == 0 else ""
+        shown = cells[:1] if cells[0]["r"] is None else [c for c in cells[:SHOWN_ROWS] if c["r"] is not None]
+        for k, cell in enumerate(shown):
+            first = f"<td rowspan='{len(shown)}'>{html.escape(name)}</td>" if k == 0 else ""
             key = f"{cell['kind']} {cell['layer']} {cell['unit']}"
             label = f"layer {cell['layer']} unit {cell['unit']} ({cell['kind']})"
             button = f"<button class='cell' data-cell='{key}'>{label}</button>" if key in figures["traces"] else label
-            r = "null (constant)" if cell["r"] is None else f"{cell['r']:+.3f}"
-            rows.append(f"<tr class='{'feature' if k == 0 else ''}'>{first}<td>{button}</td><td>{r}</td></tr>")
-            if cell["r"] is None:
-                break
+            r = "null (the feature is constant here)" if cell["r"] is None else f"{cell['r']:+.3f}"
+            label = "(none)" if cell["r"] is None else button
+            rows.append(f"<tr class='{'feature' if k == 0 else ''}'>{first}<td>{label}</td><td>{r}</td></tr>")
     return "<table>" + "\n".join(rows) + "</table>"
 
 
