@@ -96,7 +96,7 @@ def to_onnx(model: CharLSTM, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def set_metadata(proto: onnx.ModelProto, ckpt: dict) -> None:
+def set_metadata(proto: onnx.ModelProto, ckpt: dict, weights: str = "fp32") -> None:
     values = {
         "format": FORMAT,
         "vocab": json.dumps(ckpt["vocab"]),
@@ -104,6 +104,7 @@ def set_metadata(proto: onnx.ModelProto, ckpt: dict) -> None:
         "normalize": normal_form(ckpt),
         "step": str(ckpt["step"]),
         "val_loss": "" if ckpt["val_loss"] is None else repr(float(ckpt["val_loss"])),
+        "weights": weights,  # fp32 or int8: int8's dynamic quantization scales each batch as a whole
     }
     del proto.metadata_props[:]
     for key, value in values.items():
@@ -212,7 +213,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, ckpt: dict) -> None:
         logging.getLogger().setLevel(logging.ERROR)
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     proto = onnx.load(str(int8_path))
-    set_metadata(proto, ckpt)
+    set_metadata(proto, ckpt, weights="int8")
     onnx.save(proto, str(int8_path))
 
 

@@ -138,6 +138,10 @@ class Sampler:
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.layers, self.hidden = int(shapes["h"][0]), int(shapes["h"][2])
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        # fp32 or int8 (export --int8); a file exported before the key existed: read from its operators
+        self.weights = self.metadata.get("weights")
+        if self.weights is None:
+            self.weights = "int8" if b"MatMulInteger" in Path(path).read_bytes() else "fp32"
 
     @property
     def device(self) -> str:
@@ -162,6 +166,13 @@ class Sampler:
         return np.array([self.index[ch] for ch in text if ch in self.index], dtype=np.int64)
 
     # ------------------------------------------------------------ the step loop
+
+    def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One character for each of a batch: tokens (B,) int64, h and c (L, B, H) float32 -> logits (B, V),
+        h, c, all new arrays. The batch may change between calls (the HTTP service's continuous batching); in
+        fp32 on the CPU a row's results do not depend on the rows beside it (tests/test_http_batch.py)."""
+        logits, h, c = self.session.run(None, {"token": tokens, "h": h, "c": c})
+        return logits, h, c
 
     def runner(self, batch: int) -> StepLoop:
         """A StepLoop advancing `batch` sequences by one character at a time from the zero state."""
@@ -188,7 +199,7 @@ class Sampler:
             logits = run(np.full(n, token, dtype=np.int64))
         for position in range(length):
             draws = np.array([uniform(seed, sample, position) for sample in range(n)])
-            ids = self._pick(logits, options.top_k, options.temperature, options.top_p, draws)
+            ids = self.pick(logits, options.top_k, options.temperature, options.top_p, draws)
             yield self.vocab[ids[0]] if n == 1 else [self.vocab[i] for i in ids]
             logits = run(ids)
 
@@ -221,7 +232,7 @@ class Sampler:
             raise SamplerError(f"num_samples must be an integer >= 1, got {options.num_samples!r}")
 
     @staticmethod
-    def _pick(logits: np.ndarray, top_k, temperature, top_p, draws: np.ndarray) -> np.ndarray:
+    def pick(logits: np.ndarray, top_k, temperature, top_p, draws: np.ndarray) -> np.ndarray:
         """One token per row of logits (N, V), given one uniform draw in [0, 1) per row: greedy (argmax, the
         lowest id among ties), or the inverse CDF of the temperature-scaled softmax over the candidates sorted
         by (logit desc, id asc), restricted to the top_k and then to the shortest prefix holding top_p of the

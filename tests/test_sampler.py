@@ -63,8 +63,8 @@ def test_batched_greedy_equals_one_by_one(trained_onnx):
 
 
 def pick(logits, top_k, temperature, top_p, rng):
-    """Sampler._pick with one uniform draw per row from rng."""
-    return Sampler._pick(logits, top_k, temperature, top_p, rng.random(len(logits)))
+    """Sampler.pick with one uniform draw per row from rng."""
+    return Sampler.pick(logits, top_k, temperature, top_p, rng.random(len(logits)))
 
 
 def test_top_k_never_picks_outside_the_top_k():

@@ -72,7 +72,7 @@ def python_counts(logits: list[float], options: dict, draws: int, seed: int) -> 
     """Picks of serve/sampler.py with the documented draws uniform(seed, 0, t), t = 0 .. draws-1."""
     row = np.array(logits, dtype=np.float32)
     u = np.array([uniform(seed, 0, t) for t in range(draws)])
-    picked = Sampler._pick(np.tile(row, (draws, 1)), options["top_k"], options["temperature"], options["top_p"], u)
+    picked = Sampler.pick(np.tile(row, (draws, 1)), options["top_k"], options["temperature"], options["top_p"], u)
     return np.bincount(picked, minlength=len(logits))
 
 

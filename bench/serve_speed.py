@@ -1,0 +1,153 @@
+"""The HTTP service under load: aggregate characters per second and time to first character (p50, p99) at 1, 8
+and 64 concurrent streaming clients with 16-character prompts, side by side in one run with
+  (a) the same requests served one at a time by a batch-1 Sampler (what a server without batching does), and
+  (b) the offline batched Sampler at the same batch (the ceiling: no HTTP, no scheduler, one prompt).
+The model is the 2 x 512 shape of bench/sample_speed.py, fp32, top-k 5. Each round runs every contender once,
+in a fresh process (the server is started once and idles between its turns); medians over rounds.
+
+    python bench/serve_speed.py [--rounds 3] [--clients 1 8 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, corpus, machine, median, run_json, table
+from sample_speed import make_models
+
+CHARS = {1: 2000, 8: 800, 64: 300}  # characters per client: about a second of work at each concurrency
+
+
+def prompts(count: int) -> list[str]:
+    text = corpus().read_text(encoding="utf-8")
+    return [text[1000 + 997 * i : 1016 + 997 * i] for i in range(count)]  # 16 characters each, from the corpus
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def service_round(url: str, clients: int, chars: int) -> dict:
+    import httpx
+
+    async def one(http: httpx.AsyncClient, i: int, texts: list[str]) -> tuple[float, int]:
+        body = {"prompt": texts[i], "max_tokens": chars, "seed": i, "top_k": 5, "stream": True}
+        sent, first, count = time.perf_counter(), None, 0
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    text = json.loads(line[6:])["choices"][0]["text"]
+                    if text and first is None:
+                        first = time.perf_counter() - sent
+                    count += len(text)
+        return first, count
+
+    texts = prompts(clients)
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(http, i, texts) for i in range(clients)))
+        seconds = time.perf_counter() - start
+    firsts = [first for first, _ in results]
+    assert all(count == chars for _, count in results), "a client got fewer characters than it asked for"
+    return {"chars_per_s": clients * chars / seconds, "ttfc": firsts}
+
+
+ONE_AT_A_TIME = """
+import json, sys, time
+from serve import Sampler
+sampler = Sampler(sys.argv[1], device="cpu")
+texts, chars = json.loads(sys.argv[2]), int(sys.argv[3])
+sampler.generate(texts[0], 50, top_k=5, seed=0)
+start, firsts = time.perf_counter(), []
+for i, prompt in enumerate(texts):  # every request arrived at `start`; each waits for those before it
+    for n, _ in enumerate(sampler.stream(prompt, chars, top_k=5, seed=i)):
+        if n == 0:
+            firsts.append(time.perf_counter() - start)
+print(json.dumps({"chars_per_s": len(texts) * chars / (time.perf_counter() - start), "ttfc": firsts}))
+"""
+
+CEILING = """
+import json, sys, time
+from serve import Sampler
+sampler = Sampler(sys.argv[1], device="cpu")
+texts, chars = json.loads(sys.argv[2]), int(sys.argv[3])
+sampler.generate(texts[0], 50, top_k=5, seed=0, num_samples=len(texts))
+start = time.perf_counter()
+sampler.generate(texts[0], chars, top_k=5, seed=0, num_samples=len(texts))
+print(json.dumps({"chars_per_s": len(texts) * chars / (time.perf_counter() - start), "ttfc": [0.0]}))
+"""
+
+
+def offline(code: str, model: Path, clients: int, chars: int) -> dict:
+    return run_json(["-c", code, str(model), json.dumps(prompts(clients)), str(chars)])
+
+
+def start_server(model: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serve.http", str(model), "--port", "0", "--max-batch", str(max_batch)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = server.stderr.readline()
+    match = re.search(r"on (http://[\d.]+:\d+)", line)
+    if not match:
+        server.kill()
+        raise SystemExit(f"the server did not start: {line}")
+    return server, match.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    args = parser.parse_args()
+    figures: dict[tuple[int, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        model, _ = make_models(Path(tmp))
+        server, url = start_server(model, max(args.clients))
+        try:
+            for round_ in range(args.rounds):
+                for clients in args.clients:
+                    chars = CHARS.get(clients, 300)
+                    contenders = {
+                        "service": lambda c=clients, n=chars: asyncio.run(service_round(url, c, n)),
+                        "one at a time": lambda c=clients, n=chars: offline(ONE_AT_A_TIME, model, c, n),
+                        "offline batched": lambda c=clients, n=chars: offline(CEILING, model, c, n),
+                    }
+                    for name, measure in contenders.items():
+                        figures.setdefault((clients, name), []).append(measure())
+                print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+        finally:
+            server.terminate()
+            server.wait(60)
+    rows = []
+    for clients in args.clients:
+        ceiling = median([f["chars_per_s"] for f in figures[(clients, "offline batched")]])
+        naive = median([f["chars_per_s"] for f in figures[(clients, "one at a time")]])
+        for name in ("service", "one at a time", "offline batched"):
+            runs = figures[(clients, name)]
+            speed = median([f["chars_per_s"] for f in runs])
+            p50 = median([statistics.median(f["ttfc"]) for f in runs])
+            p99 = median([percentile(f["ttfc"], 0.99) for f in runs])
+            ttfc = "-" if name == "offline batched" else f"{p50 * 1000:,.0f} / {p99 * 1000:,.0f}"
+            rows.append((clients, name, f"{speed:,.0f}", f"{speed / ceiling:.2f}", f"{speed / naive:.2f}", ttfc))
+    print(f"\nThe service against the offline samplers, 2x512 fp32, top-k 5, on {machine()}")
+    headers = ("clients", "contender", "chars/s", "vs ceiling", "vs one at a time", "first char p50 / p99 (ms)")
+    print(table(rows, headers))
+    print(json.dumps({f"{c} {n}": median([f["chars_per_s"] for f in v]) for (c, n), v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""One request in flight (Completion) and each of its n choices (Choice): what the scheduler thread writes as
+it ticks, and what the request's handler, on the event loop, reads.
+
+The scheduler thread is the only writer. It appends a character before it moves `visible` past it, and sets
+`visible` before `finish`, so a reader that sees `finish` set also sees the final text; lists only grow."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from serve.http.protocol import CompletionRequest
+
+
+class Notifier:
+    """Wakes one asyncio waiter from another thread, at most once per wait (so ticks that come faster than the
+    handler reads cost one wake-up, not one per tick)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.event = asyncio.Event()
+        self.lock = threading.Lock()
+        self.waiting = False
+        self.pending = False
+
+    def wake(self) -> None:  # any thread
+        with self.lock:
+            self.pending = True
+            if not self.waiting:
+                return
+            self.waiting = False
+        self.loop.call_soon_threadsafe(self.event.set)
+
+    async def wait(self) -> None:  # the event loop: returns once something happened since the last wait
+        with self.lock:
+            if self.pending:
+                self.pending = False
+                return
+            self.waiting = True
+            self.event.clear()
+        await self.event.wait()
+        with self.lock:
+            self.pending = False
+
+
+class Choice:
+    """One generated sequence: the ids it reads first (the prompt), then the characters it picks."""
+
+    def __init__(self, completion: Completion, index: int, prompt_ids: np.ndarray):
+        self.completion = completion
+        self.index = index  # the generator's sample index (Sampler's num_samples row)
+        self.prompt_ids = prompt_ids  # at least one id: an empty prompt starts from a newline
+        self.fed = 0  # prompt ids read so far
+        self.last_id = -1  # the character picked last
+        self.chars: list[str] = []  # picked characters, including any stop sequence
+        self.logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per char: its log-p, the top ones
+        self.prompt_logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per prompt char after the first
+        self.tail = ""  # the last characters, for stop matching
+        self.visible = 0  # characters the client may see (a partial stop match is held back)
+        self.finish: str | None = None  # "length" or "stop" once done
+
+    def next_token(self) -> int:
+        return int(self.prompt_ids[self.fed]) if self.fed < len(self.prompt_ids) else self.last_id
+
+    def accept(self, token: int, char: str) -> None:
+        """Take a picked character: stop on a stop sequence (cut before it), else on max_tokens."""
+        self.last_id = token
+        self.chars.append(char)
+        request = self.completion.request
+        if request.stop:
+            self.tail = (self.tail + char)[-self.completion.longest_stop :]
+            ends = [len(stop) for stop in request.stop if self.tail.endswith(stop)]
+            if ends:
+                self.visible = len(self.chars) - max(ends)  # the stop that began first
+                self.finish = "stop"
+                return
+            if len(self.chars) < request.max_tokens:
+                self.visible = len(self.chars) - self._partial_stop()
+                return
+        if len(self.chars) >= request.max_tokens:
+            self.visible = len(self.chars)
+            self.finish = "length"
+        else:
+            self.visible = len(self.chars)
+
+    def _partial_stop(self) -> int:
+        """Characters at the end that could begin a stop sequence: the stream holds them back."""
+        held = 0
+        for stop in self.completion.request.stop:
+            for size in range(min(len(stop) - 1, len(self.tail)), held, -1):
+                if self.tail.endswith(stop[:size]):
+                    held = size
+                    break
+        return held
+
+    def end(self) -> None:
+        """Ended from outside (the drain's deadline): what it has is its text."""
+        if self.finish is None:
+            self.visible = len(self.chars)
+            self.finish = "length"
+
+    def text(self, start: int = 0, stop: int | None = None) -> str:
+        return "".join(self.chars[start : self.visible if stop is None else stop])
+
+
+class Completion:
+    """A request in flight: its checked options, the seed in use, its choices and how its handler is woken."""
+
+    def __init__(
+        self, request: CompletionRequest, prompt_ids: np.ndarray, prompt_text: str, seed: int, notifier: Notifier
+    ):
+        self.request = request
+        self.seed = seed
+        # the prompt as the model read it (its Unicode form, unknowns skipped); prompt_ids is never empty: an
+        # empty prompt starts from a newline, as Sampler starts
+        self.prompt_text = prompt_text
+        self.prompt_chars = len(prompt_text)
+        self.id = "cmpl-" + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.longest_stop = max((len(s) for s in request.stop), default=0)
+        self.choices = [Choice(self, i, prompt_ids) for i in range(request.n)]
+        self.notifier = notifier
+        self.cancelled = False  # the client went away: the scheduler drops the rows at its next tick
+        self.admitted = False  # its rows have joined the batch
+        # the options of the pick, as a key: rows with equal keys are picked in one call
+        self.pick_key = (request.top_k, request.temperature, request.top_p)
+        self.submitted = time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        return all(choice.finish is not None for choice in self.choices)
+
+
+def top_logprobs(row: np.ndarray, count: int, token: int, vocab: list[str]) -> tuple[float, list[tuple[str, float]]]:
+    """The log-probability of `token` under the model's own softmax of `row` (no temperature), and the `count`
+    most likely characters with theirs, best first (ties: the lower id first, as the pick orders them)."""
+    logits = row.astype(np.float64)
+    top = logits.max()
+    logp = logits - top - math.log(np.exp(logits - top).sum())  # (V,)
+    best = np.argsort(-logits, kind="stable")[:count]
+    return float(logp[token]), [(vocab[i], float(logp[i])) for i in best]

@@ -1,0 +1,203 @@
+"""The scheduler: one thread owns the onnxruntime session and advances every active sequence by one character
+per tick (continuous batching). Requests join and leave between ticks; prompts are read through the same
+batched step, one character per tick, so a row's arithmetic is the offline Sampler's, step for step."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+
+from serve.http.batch import Batch
+from serve.http.completion import Choice, Completion, top_logprobs
+from serve.http.metrics import Metrics
+from serve.http.protocol import ApiError
+from serve.sampler import Sampler, uniform
+
+RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
+
+
+class Scheduler:
+    """Admission (a bounded queue, then 429), the tick loop, and the drain after SIGTERM."""
+
+    def __init__(self, sampler: Sampler, max_batch: int, max_queue: int, metrics: Metrics):
+        self.sampler = sampler
+        self.max_batch = max_batch  # sequences stepped together
+        self.max_queue = max_queue  # requests waiting for room
+        self.metrics = metrics
+        self.batch = Batch(sampler)
+        self.rows: list[Choice] = []  # the batch's rows, in its order
+        self.lock = threading.Condition()
+        self.free = max_batch  # rows neither in the batch nor promised to a joining request
+        self.joining: list[Completion] = []  # admitted, joining at the next tick
+        self.queue: deque[Completion] = deque()  # waiting for room, first come first served
+        self.draining = False
+        self.deadline: float | None = None  # the drain's end: then what runs is ended with `length`
+        self.drained = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="charlstm-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # ------------------------------------------------------------ the event loop's side
+
+    def submit(self, completion: Completion) -> None:
+        """Take a request: into the batch at the next tick, else into the queue; ApiError 429 or 503 if neither."""
+        n = completion.request.n
+        with self.lock:
+            if self.draining:
+                raise ApiError(503, "the server is shutting down and takes no new requests", code="draining")
+            if not self.queue and n <= self.free:
+                self.free -= n
+                self.joining.append(completion)
+            elif len(self.queue) < self.max_queue:
+                self.queue.append(completion)
+            else:
+                raise ApiError(
+                    429,
+                    f"the server is full ({self.max_batch} sequences running, {len(self.queue)} requests waiting);"
+                    f" retry after {RETRY_AFTER} s",
+                    code="server_full",
+                )
+            self._gauges()
+            self.lock.notify()
+
+    def cancel(self, completion: Completion) -> None:
+        """The client went away: its rows leave at the next tick (its place in the queue at once)."""
+        completion.cancelled = True
+        with self.lock:
+            if completion in self.queue:
+                self.queue.remove(completion)
+                self._gauges()
+            self.lock.notify()
+
+    def begin_drain(self, grace: float) -> None:
+        """Take no new requests; what is running or waiting has `grace` seconds, then ends with `length`."""
+        with self.lock:
+            self.draining = True
+            self.deadline = time.monotonic() + grace
+            self.lock.notify()
+
+    # ------------------------------------------------------------ the scheduler thread
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not (self.rows or self.joining or self.queue or self.draining):
+                    self.lock.wait()
+                if self.draining and not (self.rows or self.joining or self.queue):
+                    break
+                joining, self.joining = self.joining, []
+            self._join(joining)
+            self._leave(cancelled_only=True)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self._end_everything()
+            if self.rows:
+                self._tick()
+                self._leave(cancelled_only=False)
+            elif self.deadline is not None:
+                with self.lock:  # nothing to step: wait for a request to join, or the deadline
+                    if not (self.joining or self.rows):
+                        self.lock.wait(max(0.0, self.deadline - time.monotonic()))
+        self.drained.set()
+
+    def _join(self, completions: list[Completion]) -> None:
+        rows = [choice for completion in completions for choice in completion.choices]
+        if rows:
+            self.batch.join(len(rows))
+            self.rows.extend(rows)
+            for completion in completions:
+                completion.admitted = True
+            self.metrics.prompt_characters.inc(sum(c.prompt_chars * c.request.n for c in completions))
+            with self.lock:
+                self._gauges()
+
+    def _leave(self, cancelled_only: bool) -> None:
+        """Rows of cancelled requests leave; after a tick, finished rows too. Their room goes to the queue."""
+        keep = [
+            i
+            for i, row in enumerate(self.rows)
+            if not row.completion.cancelled and (cancelled_only or row.finish is None)
+        ]
+        if len(keep) == len(self.rows):
+            return
+        kept = set(keep)
+        left = {id(row.completion): row.completion for i, row in enumerate(self.rows) if i not in kept}
+        self.batch.keep(keep)
+        freed = len(self.rows) - len(keep)
+        self.rows = [self.rows[i] for i in keep]
+        for completion in left.values():
+            if completion.done or completion.cancelled:
+                completion.notifier.wake()
+        with self.lock:
+            self.free += freed
+            while self.queue and self.queue[0].request.n <= self.free:
+                completion = self.queue.popleft()
+                self.free -= completion.request.n
+                self.joining.append(completion)
+            self._gauges()
+
+    def _end_everything(self) -> None:
+        """The drain's deadline: every row and every waiting request ends with what it has."""
+        with self.lock:
+            waiting = list(self.queue) + self.joining
+            self.queue.clear()
+            self.joining = []
+            self.free += sum(completion.request.n for completion in waiting)
+        for completion in waiting:
+            for choice in completion.choices:
+                choice.end()
+            completion.notifier.wake()
+        for row in self.rows:
+            row.end()
+            row.completion.notifier.wake()
+        self._leave(cancelled_only=False)
+
+    def _gauges(self) -> None:  # under self.lock
+        self.metrics.active.set(len(self.rows))
+        self.metrics.queued.set(sum(c.request.n for c in self.queue))
+        self.metrics.queued_requests.set(len(self.queue))
+
+    # ------------------------------------------------------------ one tick
+
+    def _tick(self) -> None:
+        started = time.perf_counter()
+        rows = self.rows
+        tokens = np.fromiter((row.next_token() for row in rows), dtype=np.int64, count=len(rows))  # (B,)
+        logits = self.batch.step(tokens)  # (B, V)
+        picking: dict[tuple, list[int]] = defaultdict(list)  # pick options -> rows that pick now
+        for i, row in enumerate(rows):
+            if row.fed < len(row.prompt_ids):
+                row.fed += 1
+                if row.fed < len(row.prompt_ids):  # still reading the prompt
+                    if row.completion.request.echo and row.completion.request.logprobs is not None:
+                        self._prompt_logprob(row, logits[i])
+                    continue
+            picking[row.completion.pick_key].append(i)
+        picked = 0
+        for (top_k, temperature, top_p), group in picking.items():
+            draws = np.array([uniform(rows[i].completion.seed, rows[i].index, len(rows[i].chars)) for i in group])
+            ids = Sampler.pick(logits[group], top_k, temperature, top_p, draws)
+            for i, token in zip(group, ids.tolist()):
+                self._accept(rows[i], token, logits[i])
+            picked += len(group)
+        self.metrics.characters.inc(picked)
+        self.metrics.batch_size.observe(len(rows))
+        self.metrics.tick_seconds.observe(time.perf_counter() - started)
+
+    def _accept(self, row: Choice, token: int, logits: np.ndarray) -> None:
+        completion = row.completion
+        count = completion.request.logprobs
+        if count is not None:
+            row.logprobs.append(top_logprobs(logits, count, token, self.sampler.vocab))
+        if not row.chars and row.index == 0:
+            self.metrics.first_char_seconds.observe(time.monotonic() - completion.submitted)
+        row.accept(token, self.sampler.vocab[token])
+        if completion.request.stream or completion.done:
+            completion.notifier.wake()
+
+    def _prompt_logprob(self, row: Choice, logits: np.ndarray) -> None:
+        token = int(row.prompt_ids[row.fed])  # the prompt character these logits predict
+        row.prompt_logprobs.append(top_logprobs(logits, row.completion.request.logprobs, token, self.sampler.vocab))

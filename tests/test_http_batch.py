@@ -1,0 +1,99 @@
+"""The service's batched step, row by row: in fp32 on the CPU a row's logits and state equal a batch-1 step's
+bitwise while other rows join, leave and reorder (so a seed gives the same text whatever else is generating);
+int8 is not batch-invariant and says so. And the stop-sequence bookkeeping of one choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.onnx import main as export_main
+from serve.http.app import model_card
+from serve.http.batch import Batch
+from serve.http.completion import Completion
+from serve.http.protocol import parse_completion
+from serve.sampler import Sampler
+
+
+def drive(sampler: Sampler, ticks: int, seed: int) -> tuple[int, int]:
+    """Random joins, leaves and reorders around a Batch; every row checked against its own batch-1 steps.
+    Returns (rows whose logits differed, the largest batch seen)."""
+    rng = np.random.default_rng(seed)
+    batch = Batch(sampler)
+    shape = (sampler.layers, 1, sampler.hidden)
+    alone: list[tuple[np.ndarray, np.ndarray]] = []  # each row's (h, c), stepped at batch 1
+    differ, largest = 0, 0
+    for _ in range(ticks):
+        joining = int(rng.integers(0, 4))
+        batch.join(joining)
+        alone += [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(joining)]
+        if len(alone) > 1:  # some leave, the rest in a new order
+            order = rng.permutation(len(alone))[: max(1, len(alone) - int(rng.integers(0, 3)))]
+            batch.keep(order)
+            alone = [alone[i] for i in order]
+        if not alone:
+            continue
+        tokens = rng.integers(0, len(sampler.vocab), len(alone)).astype(np.int64)
+        logits = batch.step(tokens)
+        largest = max(largest, len(alone))
+        for row, (h, c) in enumerate(alone):
+            one, h, c = sampler.step(tokens[row : row + 1], h, c)
+            alone[row] = (h, c)
+            same = np.array_equal(one[0], logits[row])
+            same &= np.array_equal(h[:, 0], batch.h[:, row]) and np.array_equal(c[:, 0], batch.c[:, row])
+            differ += not same
+    return differ, largest
+
+
+def test_fp32_rows_equal_batch_1_bitwise_as_rows_join_leave_and_reorder(trained_onnx):
+    sampler = Sampler(trained_onnx, device="cpu")
+    differ, largest = drive(sampler, ticks=300, seed=0)
+    assert largest >= 20 and differ == 0
+    assert model_card(sampler, trained_onnx)["batch_invariant"] is True
+
+
+def test_int8_is_not_batch_invariant_and_says_so(trained_run):
+    assert export_main([str(trained_run / "ckpt.pt"), "--int8", "--int8-limit", "100"]) == 0
+    path = trained_run / "ckpt.int8.onnx"
+    sampler = Sampler(path, device="cpu")
+    card = model_card(sampler, path)
+    assert card["weights"] == "int8" and card["batch_invariant"] is False
+    differ, _ = drive(sampler, ticks=60, seed=1)
+    assert differ > 0  # dynamic quantization scales each batch as a whole: the reason for the flag
+
+
+def feed(text: str, stops: list[str], max_tokens: int = 1000) -> tuple[str, str | None, list[str]]:
+    """A choice fed `text` one character at a time: its final text, finish_reason, and what was visible after
+    each character."""
+    body = f'{{"prompt": "", "max_tokens": {max_tokens}, "stop": {stops!r}}}'.replace("'", '"')
+    request = parse_completion(body.encode(), vocab_size=100, max_tokens=1000, max_n=1)
+    completion = Completion(request, np.array([0]), "", seed=0, notifier=None)
+    choice = completion.choices[0]
+    seen = []
+    for ch in text:
+        choice.accept(0, ch)
+        seen.append(choice.text())
+        if choice.finish:
+            break
+    return choice.text(), choice.finish, seen
+
+
+@pytest.mark.parametrize(
+    "text, stops, final, finish",
+    [
+        ("hello world", ["wor"], "hello ", "stop"),
+        ("hello world", ["xyz"], "hello world", None),
+        ("aab", ["ab"], "a", "stop"),  # a partial match that fails, then one that holds
+        ("say ok.", ["k.", "ok."], "say ", "stop"),  # two end together: the text ends before the longer
+        ("abcabd", ["abd", "bc"], "a", "stop"),  # the first to be completed wins
+    ],
+)
+def test_stop_sequences_hold_back_partial_matches(text, stops, final, finish):
+    result, reason, seen = feed(text, stops)
+    assert (result, reason) == (final, finish)
+    for visible in seen:
+        assert final.startswith(visible) or visible == text, "a character was shown that the stop later took back"
+
+
+def test_max_tokens_releases_what_was_held_back():
+    assert feed("hello wo", ["world"], max_tokens=8)[:2] == ("hello wo", "length")
