@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 
 import httpx
@@ -191,6 +192,18 @@ def test_a_client_that_goes_away_frees_its_row(server):
     generated = server.metrics()["charlstm_generated_characters_total"]
     time.sleep(0.5)  # a row left running would generate thousands of characters meanwhile
     assert server.metrics()["charlstm_generated_characters_total"] == generated
+
+
+def test_a_client_that_goes_away_before_a_plain_answer_frees_its_row(server):
+    body = json.dumps({"prompt": "The ", "max_tokens": 200000, "seed": 2}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        head += f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+        raw.sendall(head.encode() + body)
+        server.wait_for(lambda: server.metrics()["charlstm_active_sequences"] == 1, what="the row to join")
+    server.wait_for(lambda: server.metrics()["charlstm_active_sequences"] == 0, what="the row to be freed")
+    assert server.metrics()['charlstm_requests_total{route="/v1/completions",status="499"}'] >= 1
 
 
 def test_models_health_and_metrics(server, client, trained_onnx):

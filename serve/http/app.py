@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import secrets
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from starlette.routing import Route
 
 from serve.http.completion import Completion, Notifier
 from serve.http.metrics import CONTENT_TYPE, Metrics
-from serve.http.protocol import ApiError, parse_completion
+from serve.http.protocol import ApiError, CompletionRequest, parse_completion
 from serve.http.responses import completion_body
 from serve.http.scheduler import RETRY_AFTER, Scheduler
 from serve.http.stream import completion_events
@@ -98,6 +100,13 @@ class Service:
             ids = np.array([self.sampler.index.get("\n", 0)], dtype=np.int64)
         return ids, text
 
+    def in_model_form(self, asked: CompletionRequest) -> CompletionRequest:
+        """Stop sequences in the model's Unicode form, the form of the text it generates."""
+        form = self.sampler.normalize
+        if form == "none" or not asked.stop:
+            return asked
+        return dataclasses.replace(asked, stop=tuple(unicodedata.normalize(form, stop) for stop in asked.stop))
+
 
 def model_card(sampler: Sampler, path: Path) -> dict:
     """GET /v1/models's entry: OpenAI's fields, then what the model's metadata says."""
@@ -163,6 +172,7 @@ def build_app(service: Service) -> Starlette:
                     "model_not_found",
                 )
             ids, text = service.prompt_ids(asked.prompt, asked.unknown)
+            asked = service.in_model_form(asked)
             seed = asked.seed if asked.seed is not None else secrets.randbelow(1 << 53)  # exact in JavaScript too
             completion = Completion(asked, ids, text, seed, Notifier(asyncio.get_running_loop()))
             service.scheduler.submit(completion)
