@@ -99,13 +99,13 @@ def test_top_p_keeps_the_nucleus():
 
 def test_serve_does_not_import_torch(trained_onnx):
     code = (
-        "import sys; from serve import Sampler; from serve.score import score; "
+        "import sys; from serve import Sampler; from serve.score import score; import serve.http.app, serve.inspect; "
         f"s = Sampler({str(trained_onnx)!r}); s.generate('The ', 50, top_k=5, seed=0); score(s, 'The king is here.'); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-    for path in (ROOT / "serve").glob("*.py"):
+    for path in (ROOT / "serve").rglob("*.py"):
         source = path.read_text()
         assert "import torch" not in source and "from trainer" not in source, path
 

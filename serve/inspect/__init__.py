@@ -6,6 +6,6 @@
 """
 
 from serve.inspect.cli import main
-from serve.inspect.run import inspect_text
+from serve.inspect.run import InspectModel, inspect_text
 
-__all__ = ["inspect_text", "main"]
+__all__ = ["InspectModel", "inspect_text", "main"]

@@ -87,26 +87,38 @@ def surprise(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.nd
     return bits, order, probs
 
 
+class InspectModel:
+    """A model loaded for inspection: its onnxruntime session and the weights the gate check reads. Load once
+    to inspect several texts without reading the file again (the page's server, a notebook, the benchmark)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.sampler = Sampler(path, device="cpu")  # the state is read back at every step: on a GPU it'd be copied
+        try:
+            self.layers, self.gate_error = read_layers(path), None
+        except (GateError, KeyError, IndexError, ValueError) as e:
+            self.layers, self.gate_error = None, f"the graph is not export.onnx's ({e})"
+
+
 def inspect_text(
-    model: str | Path,
+    model: str | Path | InspectModel,
     text: str,
     features: list[str] | tuple[str, ...] = (),
     max_chars: int | None = DEFAULT_MAX_CHARS,
     unknown: str = "error",
 ) -> dict:
-    """The figures of the report (and of --json) for `text` under the .onnx `model`: bpc, positions,
-    features (the ranked cells), saturation, traces (int8 activations x 127 of the cells shown), model."""
+    """The figures of the report (and of --json) for `text` under the .onnx `model` (a path, or an
+    InspectModel): bpc, positions, features (the ranked cells), saturation, traces (int8 activations x 127 of
+    the cells shown), model."""
     user = [parse_feature(spec) for spec in features]
-    sampler = Sampler(model, device="cpu")  # the state is read back at every step: on a GPU it would be copied
+    loaded = model if isinstance(model, InspectModel) else InspectModel(model)
+    sampler, gate_error = loaded.sampler, loaded.gate_error
     ids, read, full = prepare(sampler, text, unknown, max_chars)
     values = all_features(read, user)
     names = list(values)
     feats = np.stack([values[name] for name in names], axis=1)  # (n, F)
     n, layers, hidden, vocab = len(ids), sampler.layers, sampler.hidden, len(sampler.vocab)
-    try:
-        saturation = Saturation(*read_layers(model))
-    except (GateError, KeyError, IndexError, ValueError) as e:
-        saturation, gate_error = None, f"the graph is not export.onnx's ({e})"
+    saturation = Saturation(*loaded.layers) if loaded.layers is not None else None
     reader = Reader(sampler.session, layers, hidden, vocab)
     correlations = Correlations()
     traces = np.zeros((n, 2 * layers * hidden), dtype=np.int8)  # (n, C): c of every layer, then h
