@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from trainer import data
-from trainer.config import UserError
-from trainer.data import EvalStreams, TrainStreams, load_corpus, split
+from trainer.data import EvalStreams, TrainStreams, digests, encode, load_corpus, split
+from trainer.errors import UserError
 
 
 def test_train_streams_tile_the_split_exactly():
@@ -124,7 +124,7 @@ def test_id_dtype_grows_with_the_vocab(tmp_path):
 
 
 def test_chunked_encoding_across_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "TEXT_CHUNK_BYTES", 7)  # ranges of 7 bytes, each extended to its next newline
+    monkeypatch.setattr(encode, "TEXT_CHUNK_BYTES", 7)  # ranges of 7 bytes, each extended to its next newline
     text = "añoñ🙂é" * 50 + "plain ascii " * 20
     path = tmp_path / "chunks.txt"
     path.write_text(text, encoding="utf-8")
@@ -132,7 +132,7 @@ def test_chunked_encoding_across_boundaries(tmp_path, monkeypatch):
     assert corpus.decode(corpus.ids) == text
     lines = "añoñ🙂é\n" * 50 + "plain ascii\n" * 20 + "🙂 the last line has no newline"  # many ranges
     path.write_text(lines, encoding="utf-8")
-    assert len(data._line_ranges(path)) == 71
+    assert len(encode._line_ranges(path)) == 71
     corpus = load_corpus(str(path))
     assert corpus.decode(corpus.ids) == lines and corpus.vocab == sorted(set(lines))
 
@@ -208,7 +208,7 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
 
 
 def test_not_utf8_names_the_byte_offset(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "TEXT_CHUNK_BYTES", 5)
+    monkeypatch.setattr(encode, "TEXT_CHUNK_BYTES", 5)
     path = tmp_path / "bad.txt"
     path.write_bytes("ñandú ".encode() * 3 + b"ok\xffrest")
     offset = len("ñandú ".encode() * 3) + 2
@@ -240,10 +240,10 @@ def test_python_docs_builtin():
 def test_a_large_corpus_is_not_read_again_to_find_its_cache(tmp_path, monkeypatch):
     """Files above HASH_WHOLE_BYTES (8 MB; 0 here) are hashed only when their size, mtime or inode change: a
     warm launch of a corpus of many GB costs a stat, not a read. An edit is still seen."""
-    monkeypatch.setattr(data, "HASH_WHOLE_BYTES", 0)
+    monkeypatch.setattr(digests, "HASH_WHOLE_BYTES", 0)
     hashed = []
-    real = data._sha256_file
-    monkeypatch.setattr(data, "_sha256_file", lambda path: hashed.append(Path(path).suffix) or real(path))
+    real = digests.sha256_file
+    monkeypatch.setattr(digests, "sha256_file", lambda path: hashed.append(Path(path).suffix) or real(path))
     path = tmp_path / "big.txt"
     path.write_text("a large corpus\n" * 1000, encoding="utf-8")
     first = load_corpus(str(path), cache_dir=tmp_path / "cache")
@@ -275,7 +275,7 @@ def test_a_large_corpus_is_not_read_again_to_find_its_cache(tmp_path, monkeypatc
 def test_remapping_into_another_vocabulary_streams_into_the_cache(tmp_path, monkeypatch):
     """Fine-tuning's remap (Corpus.with_vocab) goes chunk by chunk into the id cache, keyed by the vocabulary, and
     is reused by the next launch."""
-    monkeypatch.setattr(data, "CHUNK_BYTES", 1000)  # many chunks
+    monkeypatch.setattr(digests, "CHUNK_BYTES", 1000)  # many chunks
     path = tmp_path / "text.txt"
     text = "Una señora muy señora, ¿verdad? 🙂\n" * 400
     path.write_text(text, encoding="utf-8")

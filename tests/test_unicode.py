@@ -75,12 +75,12 @@ def test_the_id_cache_is_keyed_by_the_form(tmp_path):
 
 
 def test_normalization_is_the_same_across_chunk_edges(tmp_path, monkeypatch):
-    from trainer import data
+    from trainer.data import encode
 
     text = unicodedata.normalize("NFD", "año señor\nniño\n" * 40 + "Ñandú sin salto de línea al final")
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(data, "TEXT_CHUNK_BYTES", 5)  # many ranges; each ends at a newline: n keeps its U+0303
+    monkeypatch.setattr(encode, "TEXT_CHUNK_BYTES", 5)  # many ranges; each ends at a newline: n keeps its U+0303
     corpus = load_corpus(str(path), cache_dir=tmp_path / "cache")
     assert corpus.decode(corpus.ids) == unicodedata.normalize("NFC", text)
 

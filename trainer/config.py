@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from trainer.errors import ConfigError
+from trainer.errors import UserError as UserError  # re-exported: trainer/checkpoint.py imports it from here
+
 
 class _Yaml12Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false are booleans, so `mixed_precision: no` is the
@@ -43,14 +46,6 @@ _Yaml12Loader.add_implicit_resolver(  # 1e-3 is a float in YAML 1.2 (1.1 wants a
 
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-class UserError(Exception):
-    """Bad input from the user; the CLI prints the message as one line and exits non-zero."""
-
-
-class ConfigError(UserError):
-    pass
 
 
 @dataclass

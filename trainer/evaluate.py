@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.config import UserError
 from trainer.data import Corpus, EvalStreams
+from trainer.errors import UserError
 from trainer.model import CharLSTM
 
 

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import torch
 
-from trainer.config import Config, UserError
+from trainer.config import Config
+from trainer.errors import UserError
 
 
 class Precision(NamedTuple):

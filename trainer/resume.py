@@ -25,8 +25,9 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 
 from trainer.checkpoint import Checkpoint, load_checkpoint
-from trainer.config import Config, UserError
+from trainer.config import Config
 from trainer.data import Corpus, load_corpus
+from trainer.errors import UserError
 
 T = TypeVar("T")
 

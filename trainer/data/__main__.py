@@ -1,0 +1,5 @@
+import sys
+
+from trainer.data.cli import main
+
+sys.exit(main())
