@@ -84,7 +84,7 @@ def node(model: Path, chars: int, samples: int, threads: int | None = None) -> f
 
 
 def browser(model: Path, chars: int, samples: int) -> float:
-    from serve.web.headless import browser_chars_per_s
+    from tests.headless import browser_chars_per_s
 
     return browser_chars_per_s(model, chars, samples)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import ROOT  # noqa: F401 (puts the repository on the import path)
 
-from serve.web import headless
+from tests import headless
 
 
 def main() -> None:

@@ -100,7 +100,8 @@ def test_config_page_and_help_list_every_key_from_one_source():
     """`--help` and docs/config.md's table both come from the dataclasses' own documentation: they cannot drift."""
     import dataclasses
 
-    from trainer.config import Config, describe, help_text, markdown_table
+    from trainer.config import Config
+    from trainer.config_docs import describe, help_text, markdown_table
 
     page = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
     assert markdown_table() in page

@@ -254,9 +254,8 @@ def test_page_inspects_as_python_does(trained_onnx, tmp_path):
     """The page's inspect view on 3,000 characters: surprise and top 5 at every position equal Python's within
     1e-4, the best cell of each feature and its r too; a click on the best next character appends it and offers
     Python's next guesses. The report opens from disk in the same browser and fetches nothing."""
+    import headless
     from test_web import needs, needs_web_files  # skip as the page tests do where chromium is missing (not in CI)
-
-    from serve.web import headless
 
     needs_web_files()
     needs(headless.chromium_path() is not None, "no chromium")

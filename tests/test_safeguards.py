@@ -14,11 +14,12 @@ import pytest
 import torch
 from conftest import EMPTY_CONFIG, TINY
 
+from trainer.build import make_optimizer
 from trainer.config import load_config
 from trainer.evaluate import evaluate_loss, sample_text
 from trainer.model import CharLSTM
 from trainer.regularize import activation_penalty, dropout_masks, noisy_inputs, state_resets
-from trainer.run import Run, make_optimizer
+from trainer.run import Run
 from trainer.step import Budget, StopFlags, agree, compute_gradients, lr_at
 
 

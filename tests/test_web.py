@@ -11,12 +11,12 @@ import socket
 import urllib.error
 import urllib.request
 
+import headless
 import onnx
 import pytest
 from conftest import ROOT, one_line_error, run_cli
 
 from serve.sampler import Sampler
-from serve.web import headless
 
 ORT_DIST = ROOT / "serve" / "js" / "node_modules" / "onnxruntime-web" / "dist"
 

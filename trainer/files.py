@@ -61,3 +61,46 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     with atomic_write(path) as f:
         f.write(payload)
+
+
+# ---------------------------------------------------------------- one run at a time on an out_dir
+
+
+def lock_out_dir(out_dir: Path):
+    """Create out_dir and take it for this run (one run at a time): its open .lock file, locked while the run
+    lives. UserError when it cannot be written or another run holds it."""
+    from trainer.errors import UserError  # here: this file's head belongs to the atomic writes
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir {str(out_dir)!r} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
+        holder = take_lock(lock)
+    except OSError as e:
+        raise UserError(f"out_dir {str(out_dir)!r} cannot be written: {e.strerror or e}") from None
+    if holder is not None:
+        lock.close()
+        raise UserError(
+            f"out_dir {str(out_dir)!r} is in use by another run"
+            + (f" (process {holder})" if holder else "")
+            + ": wait for it to end, or use another out_dir"
+        )
+    return lock
+
+
+def take_lock(file) -> str | None:
+    """Lock an out_dir's .lock file for this process (flock: the OS drops it when the process ends, even by
+    kill -9, so no stale lock survives). None when taken; else the pid written by the run that holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        return file.read().strip()
+    file.seek(0)
+    file.truncate()
+    file.write(str(os.getpid()))
+    file.flush()
+    return None

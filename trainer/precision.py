@@ -13,7 +13,6 @@ the bf16 LSTM ("could not create a primitive descriptor"), so an explicit `bf16`
 from __future__ import annotations
 
 import functools
-import os
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -21,6 +20,7 @@ import torch
 
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.processes import join_process_group
 
 
 class Precision(NamedTuple):
@@ -78,28 +78,6 @@ def choose_precision(requested: str, device: str) -> Precision:
         if device == "mps":
             raise UserError("train.mixed_precision=bf16 is untested on Apple GPUs; use auto or no")
     return Precision(requested, "as configured", requested == "bf16" and device == "cuda")
-
-
-def join_process_group(timeout: timedelta) -> None:
-    """Under torchrun, join the process group through the launcher's store, with this attempt's keys apart.
-
-    The workers of torchrun share its store (TORCHELASTIC_USE_AGENT_STORE), which outlives a restart of the
-    workers (MAX_RESTARTS): a restarted worker that joined as accelerate does would find the addresses of the
-    workers it replaced and fail to connect to them. So every attempt keeps its keys under its own prefix
-    (the agents of all machines count their restarts alike: one failure restarts every machine's workers).
-    Elsewhere accelerate joins the group itself."""
-    import torch.distributed as dist
-
-    env = os.environ
-    if dist.is_initialized() or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("WORLD_SIZE", 1)) < 2:
-        return
-    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
-    attempt = dist.PrefixStore(f"charlstm/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, store=attempt, rank=rank, world_size=world, timeout=timeout)
 
 
 def make_accelerator(cfg: Config, trackers: list[str] | None = None):

@@ -15,60 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
-
-import torch
+from typing import NamedTuple
 
 from trainer.checkpoint import Checkpoint, load_checkpoint
 from trainer.config import Config
 from trainer.data import Corpus, load_corpus
 from trainer.errors import UserError
-
-T = TypeVar("T")
-
-
-def node_name() -> str:
-    """This process's node and host, for messages: torchrun's GROUP_RANK is the node's rank."""
-    node = os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0"))
-    return f"node {node} ({socket.gethostname()}, process {os.environ.get('RANK', '0')})"
-
-
-def _gather(accelerator, item: Any) -> list[Any]:
-    """Every process's `item`, in process order (a list of one on one process). Collective."""
-    if accelerator.num_processes == 1:
-        return [item]
-    from accelerate.utils import gather_object
-
-    return gather_object([item])
-
-
-def attempt(action: Callable[[], T]) -> tuple[T | None, str | None]:
-    """(action(), None), or (None, the message) when it raised UserError: for `together` to share."""
-    try:
-        return action(), None
-    except UserError as e:
-        return None, str(e)
-
-
-def _raise_first(gathered: list[tuple[str, str | None]]) -> None:
-    """Raise the first process's error of (where, message) pairs in process order, named by its node unless it
-    is the main process."""
-    for rank, (where, message) in enumerate(gathered):
-        if message is not None:
-            raise UserError(message if rank == 0 else f"{where}: {message}")
-
-
-def together(accelerator, action: Callable[[], T]) -> T:
-    """action() on every process; a UserError on any of them is raised on all, with the message of the first
-    (named by its node when it is not the main process). Collective."""
-    result, error = attempt(action)
-    _raise_first(_gather(accelerator, (node_name(), error)))
-    return result
+from trainer.processes import attempt, gather_objects, hand_out, node_name, raise_first, together
 
 
 class TextIdentity(NamedTuple):
@@ -94,8 +49,8 @@ def same_text_everywhere(loaded: tuple[Corpus | None, str | None], cfg: Config, 
     if corpus is not None:
         vocab_sha256 = hashlib.sha256(json.dumps(corpus.vocab).encode()).hexdigest()
         identity = TextIdentity(corpus.sha256, cfg.data.normalize, vocab_sha256)
-    gathered = _gather(accelerator, (node_name(), error, identity))
-    _raise_first([(where, message) for where, message, _ in gathered])
+    gathered = gather_objects(accelerator, (node_name(), error, identity))
+    raise_first([(where, message) for where, message, _ in gathered])
     main_where, _, main_identity = gathered[0]
     for where, _, identity in gathered[1:]:
         if identity != main_identity:
@@ -104,55 +59,6 @@ def same_text_everywhere(loaded: tuple[Corpus | None, str | None], cfg: Config, 
                 f"{main_identity.short()} on {main_where}: data.path must hold the same text on every node"
             )
     return corpus
-
-
-class _Slot(NamedTuple):
-    """Where a tensor was in a payload handed out: its index in the order sent, shape and dtype."""
-
-    index: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-
-def hand_out(payload: T, accelerator) -> T:
-    """The main process's payload (plain data and CPU tensors, nested in dicts and lists) on every process:
-    its structure goes as one pickled object, its tensors by broadcast on the run's device. Collective."""
-    if accelerator.num_processes == 1:
-        return payload
-    import torch.distributed as dist
-
-    tensors: list[torch.Tensor] = []
-
-    def strip(value):
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-            return _Slot(len(tensors) - 1, tuple(value.shape), value.dtype)
-        if isinstance(value, dict):
-            return {key: strip(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(strip(item) for item in value)
-        return value
-
-    box = [strip(payload) if accelerator.is_main_process else None]
-    dist.broadcast_object_list(box, src=0, device=accelerator.device if accelerator.device.type == "cuda" else None)
-    received: list[torch.Tensor] = []
-
-    def collect(value):
-        if isinstance(value, _Slot):
-            if accelerator.is_main_process:
-                buffer = tensors[value.index].to(accelerator.device)
-            else:
-                buffer = torch.empty(value.shape, dtype=value.dtype, device=accelerator.device)
-            dist.broadcast(buffer, src=0)
-            received.append(buffer.cpu())
-            return received[-1]
-        if isinstance(value, dict):
-            return {key: collect(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(collect(item) for item in value)
-        return value
-
-    return collect(box[0])
 
 
 # ---------------------------------------------------------------- the two checkpoints a run may start from

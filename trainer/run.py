@@ -1,40 +1,38 @@
-"""One training run: the parts it is made of, what changes as it trains, and the one pair that writes that
-state to a checkpoint and reads it back.
+"""One training run: the parts it is made of (`Run`), its train state (`TrainState`, trainer/state.py), and the
+one pair that writes both to a checkpoint and reads them back.
 
-A process of an N-process run owns streams [first, last) of the B global streams and their carried LSTM
-state (h, c); everything else is the same on every process. `Run.start` sets a run up, from scratch or from
-out_dir/ckpt.pt; `Run.state_dict` and `Run.load_state_dict` are the whole of what a checkpoint holds and
-what resuming restores, side by side, so exact resume is easy to check by reading.
+`Run.start` sets a run up, from scratch or from out_dir/ckpt.pt; `Run.state_dict` and `Run.load_state_dict`
+are the whole of what a checkpoint holds and what resuming restores, side by side, so exact resume is easy to
+check by reading.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
+from trainer.build import build_models, make_optimizer
 from trainer.checkpoint import FORMAT, Checkpoint, save_checkpoint
-from trainer.config import Config, UserError, check_processes, save_config
+from trainer.config import Config, check_processes, save_config
 from trainer.data import Corpus, EvalStreams, TrainStreams, split
+from trainer.errors import TrainingError, UserError
 from trainer.evaluate import choose_prime, evaluate_loss, sample_text
-from trainer.files import remove_stale_temps
-from trainer.model import CharLSTM, build_model
+from trainer.files import lock_out_dir, remove_stale_temps
+from trainer.model import CharLSTM
 from trainer.precision import Precision, make_accelerator
+from trainer.processes import together
 from trainer.regularize import WeightAverage
-from trainer.resume import fine_tuning, load_here, read_resume_checkpoint, same_text_everywhere, together
+from trainer.resume import fine_tuning, load_here, read_resume_checkpoint, same_text_everywhere
+from trainer.state import TrainState
+from trainer.trackers import available_trackers, flatten
 
 LN2 = math.log(2.0)
-
-
-class TrainingError(Exception):
-    """Training cannot go on (diverged, cannot save); printed as one line."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +68,11 @@ class Run:
     paths: RunPaths
     first: int  # this process's streams are [first, last)
     last: int
-    # ---- changing: all of it is in the checkpoint
-    step: int = 0  # optimizer steps done
-    best_val: float = math.inf
-    h: Tensor | None = None  # (L, b, H) carried state of this process's streams
-    c: Tensor | None = None
-    bad_steps: int = 0  # non-finite steps in a row (never saved: a save follows only good steps)
-    max_steps: int | None = None  # the total; None until train.max_steps=auto has timed the first steps
-    resumed_from: int | None = None  # the step of the checkpoint this process started from
-    train_seconds: float = 0.0  # wall-clock seconds of training steps so far, evaluations and saves not counted
     lock: object = None  # the main process's open out_dir/.lock, locked while the run lives
     sample_prime: str = "\n"  # what the samples at evaluations start from (train.sample_prime)
-    last_sample: str = ""  # the text sampled at the last evaluation (main process)
+    # ---- changing
+    state: TrainState = field(default_factory=TrainState)  # step, h, c, best_val, the plan, counters: saved
+    last_sample: str = ""  # the text sampled at the last evaluation (main process; not saved)
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +81,19 @@ class Run:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    # The train state's fields, read and written through the run by the step functions and the budget
+    # (tests drive those with stand-ins that hold the fields themselves).
+    step = property(lambda self: self.state.step, lambda self, v: setattr(self.state, "step", v))
+    best_val = property(lambda self: self.state.best_val, lambda self, v: setattr(self.state, "best_val", v))
+    h = property(lambda self: self.state.h, lambda self, v: setattr(self.state, "h", v))
+    c = property(lambda self: self.state.c, lambda self, v: setattr(self.state, "c", v))
+    bad_steps = property(lambda self: self.state.bad_steps, lambda self, v: setattr(self.state, "bad_steps", v))
+    max_steps = property(lambda self: self.state.max_steps, lambda self, v: setattr(self.state, "max_steps", v))
+    resumed_from = property(lambda self: self.state.resumed_from)
+    train_seconds = property(
+        lambda self: self.state.train_seconds, lambda self, v: setattr(self.state, "train_seconds", v)
+    )
 
     @property
     def evaluated(self) -> CharLSTM:
@@ -137,11 +141,11 @@ class Run:
             paths=paths,
             first=rank * local_batch,
             last=(rank + 1) * local_batch,
-            max_steps=t.max_steps if isinstance(t.max_steps, int) else None,
             lock=lock,
             sample_prime=sample_prime,
         )
-        run.h, run.c = run.bare.zero_state(local_batch, accelerator.device)
+        run.state.max_steps = t.max_steps if isinstance(t.max_steps, int) else None
+        run.state.h, run.state.c = run.bare.zero_state(local_batch, accelerator.device)
         if ckpt is not None:
             run.load_state_dict(ckpt)
         together(accelerator, run._prepare_out_dir)
@@ -153,26 +157,21 @@ class Run:
     def state_dict(self, val_loss: float | None) -> Checkpoint:
         """The checkpoint of the run as it is now; val_loss is that of `evaluated` when a save follows an
         evaluation. Collective: every process takes part (the streams' state is gathered)."""
-        gather = self.accelerator.gather  # (b, L, H) of each process -> (B, L, H) in stream order
+        state = self.state.state_dict(self.accelerator.gather)
         ckpt: Checkpoint = {
             "format": FORMAT,
             "model": self.evaluated.state_dict(),
             "vocab": self.corpus.vocab,
             "normalize": self.cfg.data.normalize,
             "config": self.cfg.to_dict(),
-            "step": self.step,
+            "step": state.pop("step"),
             "val_loss": val_loss,
             "optimizer": self.optimizer.state_dict(),
-            "best_val_loss": self.best_val,
-            "train_seconds": self.train_seconds,
+            "best_val_loss": state.pop("best_val_loss"),
+            "train_seconds": state.pop("train_seconds"),
             "corpus_sha256": self.corpus.sha256,
-            "streams": {
-                "h": gather(self.h.transpose(0, 1).contiguous()).cpu(),
-                "c": gather(self.c.transpose(0, 1).contiguous()).cpu(),
-            },
+            **state,  # streams, and max_steps once there is a total
         }
-        if self.max_steps is not None:
-            ckpt["max_steps"] = self.max_steps
         if self.average is not None:
             ckpt["train_weights"] = self.bare.state_dict()
         return ckpt
@@ -183,14 +182,8 @@ class Run:
         if self.average is not None:  # a checkpoint without the average starts it from the weights
             self.average.model.load_state_dict(ckpt["model"] if "train_weights" in ckpt else self.bare.state_dict())
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = self.resumed_from = ckpt["step"]
-        self.best_val = ckpt.get("best_val_loss", math.inf)
-        self.train_seconds = ckpt.get("train_seconds", 0.0)
-        if self.cfg.train.max_steps == "auto":  # keep the total fixed when the run began; an explicit one wins
-            self.max_steps = ckpt.get("max_steps")
-        for name in ("h", "c"):  # (B, L, H) of all streams -> (L, b, H) of this process's
-            mine = ckpt["streams"][name][self.first : self.last].transpose(0, 1).contiguous()
-            setattr(self, name, mine.to(self.device))
+        keep_plan = self.cfg.train.max_steps == "auto"
+        self.state.load_state_dict(ckpt, self.first, self.last, self.device, keep_plan)
 
     def _prepare_out_dir(self) -> None:
         """Clean out_dir up and write config.yaml (main process), once the checkpoint in it was accepted."""
@@ -248,124 +241,3 @@ class Run:
         """One line for the user on stderr, from the main process."""
         if self.is_main:
             print(f"charlstm: {line}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- helpers of Run.start and Run.evaluate
-
-
-def build_models(
-    cfg: Config, vocab_size: int, precision: Precision, init: Checkpoint | None
-) -> tuple[CharLSTM, WeightAverage | None]:
-    """The model, seeded (or from train.init_from's weights), and its weight average when train.ema_decay."""
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(vocab_size, cfg.model, precision.fp32_lstm)
-    if init is not None:
-        load_init_weights(model, init, cfg.train.init_from)
-    average = None
-    if cfg.train.ema_decay > 0:
-        average = WeightAverage(build_model(vocab_size, cfg.model, precision.fp32_lstm), cfg.train.ema_decay)
-        average.model.load_state_dict(model.state_dict())
-    return model, average
-
-
-def load_init_weights(model: CharLSTM, init: Checkpoint, path: str) -> None:
-    """The init checkpoint's weights (`model`: what it evaluated and exported) into a freshly initialized model
-    whose vocabulary may be longer: the rows of the added characters (embedding, head weight and bias) keep
-    the fresh model's initialization, like a new model's; every other weight is the checkpoint's."""
-    own = model.state_dict()
-    rows = len(init["vocab"])
-    for key, value in init["model"].items():
-        if key not in own:
-            raise UserError(f"train.init_from {path}: its weights do not fit this model ({key})")
-        if key in ("embed.weight", "head.weight", "head.bias"):
-            own[key][:rows] = value
-        else:
-            own[key].copy_(value)
-    model.load_state_dict(own)
-
-
-def available_trackers(log_with: str) -> list[str]:
-    """The trackers of train.log_with that can run here; for each one that cannot, one line says why."""
-    import importlib.util
-
-    wanted = {"none": [], "all": ["tensorboard", "wandb"]}.get(log_with, [log_with])
-    ready = []
-    for name in wanted:
-        if importlib.util.find_spec(name) is None:
-            extra = "pip install 'charlstm[tensorboard]'" if name == "tensorboard" else "pip install wandb"
-            why = f"{name} is not installed ({extra})"
-        elif name == "wandb" and not wandb_logged_in():
-            why = "wandb is not logged in (wandb login)"
-        else:
-            ready.append(name)
-            continue
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"charlstm: train.log_with={log_with}: {why}; metrics.jsonl only", file=sys.stderr)
-    return ready
-
-
-def wandb_logged_in() -> bool:
-    import wandb
-
-    return bool(os.environ.get("WANDB_API_KEY") or wandb.api.api_key)
-
-
-def flatten(values: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 3e-3}} -> {"train.lr": 3e-3}"""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def lock_out_dir(out_dir: Path):
-    """Create out_dir and take it for this run (one run at a time): its open .lock file, locked while the run
-    lives. UserError when it cannot be written or another run holds it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"out_dir {str(out_dir)!r} exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
-        holder = take_lock(lock)
-    except OSError as e:
-        raise UserError(f"out_dir {str(out_dir)!r} cannot be written: {e.strerror or e}") from None
-    if holder is not None:
-        lock.close()
-        raise UserError(
-            f"out_dir {str(out_dir)!r} is in use by another run"
-            + (f" (process {holder})" if holder else "")
-            + ": wait for it to end, or use another out_dir"
-        )
-    return lock
-
-
-def take_lock(file) -> str | None:
-    """Lock an out_dir's .lock file for this process (flock: the OS drops it when the process ends, even by
-    kill -9, so no stale lock survives). None when taken; else the pid written by the run that holds it."""
-    import fcntl
-
-    try:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        file.seek(0)
-        return file.read().strip()
-    file.seek(0)
-    file.truncate()
-    file.write(str(os.getpid()))
-    file.flush()
-    return None
-
-
-def make_optimizer(model: CharLSTM, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on the matrices only (not on biases nor on the embedding)."""
-    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
-    others = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
-    groups = [
-        {"params": matrices, "weight_decay": cfg.train.weight_decay},
-        {"params": others, "weight_decay": 0.0},
-    ]
-    fused = device.type == "cuda"  # one kernel for all parameters on GPU
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, cfg.train.beta2), fused=fused or None)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import Config
+from trainer.errors import TrainingError
 from trainer.regularize import activation_penalty, dropout_masks, noisy_inputs, state_resets, weight_masks
-from trainer.run import Run, TrainingError
+from trainer.run import Run
 
 MAX_BAD_STEPS = 10  # this many non-finite steps in a row stop the run
 

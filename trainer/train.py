@@ -2,16 +2,18 @@
 
 `python trainer/train.py ...` and `python -m trainer.train ...` do the same in one process.
 
-The global batch is B contiguous character streams (trainer/data.py). Process r of N owns streams
+The global batch is B contiguous character streams (trainer/data/streams.py). Process r of N owns streams
 [r*B/N, (r+1)*B/N) and carries their LSTM state from window to window (truncated BPTT); DDP averages
 the gradients, so N processes compute what one computes. Rerunning on an out_dir holding ckpt.pt resumes
-from it, on any number of processes. The parts: trainer/run.py (the run and its checkpoint),
-trainer/step.py (one step), trainer/regularize.py (everything keyed by seed, step and stream).
+from it, on any number of processes. The parts: trainer/run.py (the run and its checkpoint), trainer/state.py
+(what changes as it trains), trainer/step.py (one step), trainer/regularize.py (everything keyed by seed, step
+and stream).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -23,10 +25,13 @@ if __package__ in (None, ""):  # `python trainer/train.py` / `accelerate launch 
 
 import torch
 
-from trainer.config import Config, UserError, help_text, load_config
+from trainer.config import Config, load_config
+from trainer.config_docs import help_text
+from trainer.elastic import USER_ERROR_FILE
+from trainer.errors import TrainingError, UserError
 from trainer.plot import plot_losses
-from trainer.resume import node_name
-from trainer.run import LN2, Run, TrainingError
+from trainer.processes import node_name
+from trainer.run import LN2, Run
 from trainer.step import Budget, StopFlags, agree, apply_update, compute_gradients, lr_at
 
 
@@ -195,18 +200,25 @@ def collective_failure(error: BaseException, timeout: float) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    speaks = int(os.environ.get("RANK", "0")) == 0  # on N processes, one of them reports the error
     timeout = Config().train.collective_timeout
     try:
         cfg = load_config(args.config, args.overrides)
         timeout = cfg.train.collective_timeout
         return train(cfg)
     except (UserError, TrainingError) as e:
-        if speaks:
-            print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UserError) else 1
+        return report_error(e)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""  # a log or the cache; checkpoints say more
+        return report_error(
+            UserError(
+                f"no space left on the device{where}; the earlier checkpoints are intact: free "
+                "some space and rerun to resume"
+            )
+        )
     except KeyboardInterrupt:
-        if speaks:
+        if speaks():
             print("charlstm: interrupted before training started; nothing saved", file=sys.stderr)
         return 130
     except RuntimeError as e:  # every process that saw the fault says so: the peer at fault may be the main one
@@ -215,6 +227,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
+
+
+def speaks() -> bool:
+    """On N processes, one of each machine reports an error: every machine's log says why it stopped."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def report_error(error: UserError | TrainingError) -> int:
+    """One line, and the exit status: 2 for the user's error (which the launcher never restarts), else 1."""
+    if speaks():
+        print(f"error: {error}", file=sys.stderr)
+    if isinstance(error, UserError) and os.environ.get(USER_ERROR_FILE):
+        Path(os.environ[USER_ERROR_FILE]).write_text(f"{error}\n")  # for trainer/elastic.py: no restart
+    return 2 if isinstance(error, UserError) else 1
 
 
 if __name__ == "__main__":

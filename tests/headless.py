@@ -1,4 +1,4 @@
-"""The page in headless Chromium, for the tests, the benchmark and the screenshot of the pages: `python -m
+"""The page in headless Chromium, for the tests and the benchmarks (bench/ imports it as tests.headless): `python -m
 serve.web` in a child process and Debian's chromium driven by Playwright (`pip install playwright`; its own
 browser download is not needed). Nothing here runs on import."""
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 # No first-run work and no background connections: on a closed network Chromium's attempts to reach its
 # services only slow it down.
 CHROMIUM_ARGS = [
