@@ -2,7 +2,8 @@
 # setup.sh: create .venv and install charlstm into it.
 #   ./setup.sh          training, export and sampling (onnxruntime for the CPU)
 #   ./setup.sh --gpu    the same with onnxruntime-gpu (never both: they are one Python module)
-#   ./setup.sh --dev    also pytest, ruff, Playwright and Debian's chromium (what the tests need)
+#   ./setup.sh --dev    also pytest, ruff, Playwright, the HTTP service's extra and clients, and (as root)
+#                       Debian's chromium, slurm-wlm and munge (what the tests need)
 # Where npm is present, both install the JavaScript samplers' packages (Node.js and the web page).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,13 +32,20 @@ if command -v npm >/dev/null; then
 else
   echo "setup.sh: npm not found; the Node.js sampler, the web page and their tests need it (Node.js >= 18)" >&2
 fi
-# The browser test drives Debian's chromium (Playwright's own browser download needs the internet).
-if [[ $dev == 1 ]] && ! command -v chromium >/dev/null; then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "setup.sh: chromium not found and cannot be installed here (needs root and apt-get);" \
-      "the browser tests will be skipped" >&2
+# The browser test drives Debian's chromium (Playwright's own browser download needs the internet); the
+# scheduler test starts Debian's slurm-wlm (slurmctld, slurmd) and munge as a one-node cluster.
+if [[ $dev == 1 ]]; then
+  wanted=()
+  command -v chromium >/dev/null || wanted+=(chromium)
+  command -v slurmctld >/dev/null || wanted+=(slurm-wlm)
+  command -v munged >/dev/null || wanted+=(munge)
+  if (( ${#wanted[@]} )); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >/dev/null
+    else
+      echo "setup.sh: ${wanted[*]} not found and cannot be installed here (needs root and apt-get);" \
+        "the browser and Slurm tests will be skipped" >&2
+    fi
   fi
 fi
 echo "setup.sh: ready (.venv, onnxruntime for $runtime$([[ $dev == 1 ]] && echo ', dev tools'))"

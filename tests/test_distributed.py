@@ -457,8 +457,9 @@ def free_port() -> int:
 
 def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_path):
     """NNODES=2 where node 1's data.path holds another version of the text (one character changed: the same
-    vocabulary, another sha256): one line on stderr names node 1 and both digests, the job exits non-zero, and
-    nothing trained. MAX_RESTARTS=0: a restart would only repeat the refusal."""
+    vocabulary, another sha256): a user's error, so with restarts allowed (MAX_RESTARTS, 3 by default) nothing
+    is restarted: each node says it in one line naming node 1 and both digests, no traceback, exit 2, and
+    nothing trained."""
     other = tmp_path / "other.txt"
     text = corpus_100k.read_text(encoding="utf-8")
     other.write_text(text[:5000] + ("x" if text[5000] != "x" else "y") + text[5001:], encoding="utf-8")
@@ -467,11 +468,12 @@ def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_pa
         for rank, corpus in ((0, corpus_100k), (1, other)):
             cmd, env = launch_cmd(1, tmp_path / "run", f"data.path={corpus}", *SCHEDULE)
             env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            env |= {"OMP_NUM_THREADS": "1", "MAX_RESTARTS": "0"}
+            env |= {"OMP_NUM_THREADS": "1"}
+            env.pop("MAX_RESTARTS", None)  # the default: restarts allowed, and none may happen
             node, err = start_launch(tmp_path, f"node{rank}", cmd, env)
             nodes.append(node)
             errs.append(err)
-        assert [node.wait(timeout=120) != 0 for node in nodes] == [True, True]
+        assert [node.wait(timeout=120) for node in nodes] == [2, 2]
     finally:
         for node, err in zip(nodes, errs):
             end_tree(node)
@@ -479,10 +481,13 @@ def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_pa
     from trainer.data import load_corpus
 
     digests = [load_corpus(str(path)).sha256[:16] for path in (corpus_100k, other)]
-    errors = error_lines(tmp_path / "node0.err")
-    assert len(errors) == 1, errors
-    assert errors[0].startswith("error: node 1 (") and "trains on another text than the main process" in errors[0]
-    assert f"sha256 {digests[1]}" in errors[0] and f"sha256 {digests[0]}" in errors[0] and "on node 0" in errors[0]
+    for rank in (0, 1):
+        log = (tmp_path / f"node{rank}.err").read_text()
+        errors = error_lines(tmp_path / f"node{rank}.err")
+        assert len(errors) == 1, log
+        assert errors[0].startswith("error: node 1 (") and "trains on another text than the main process" in errors[0]
+        assert f"sha256 {digests[1]}" in errors[0] and f"sha256 {digests[0]}" in errors[0] and "on node 0" in errors[0]
+        assert "Traceback" not in log and "restarting" not in log and "ChildFailedError" not in log, log
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the run began
 
 

@@ -27,8 +27,9 @@ def test_a_cpu_runs_one_process():
 
 def test_nproc_on_a_cpu_is_torchrun_sharing_the_cores():
     chosen = plan({"NPROC": "2"}, gpus=0, cores=8, args=ARGS, python=PY)
-    assert chosen.command[:5] == [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    assert after(chosen.command, "--nproc_per_node") == "2" and after(chosen.command, "--max-restarts") == "3"
+    assert chosen.command[:6] == [PY, "-m", "trainer.elastic", "torchrun", "--standalone", "--nproc_per_node"]
+    assert after(chosen.command, "--nproc_per_node") == "2" and after(chosen.command, "--max-restarts") == "0"
+    assert chosen.restarts == 3  # the launcher restarts dead workers, torchrun does not (it would retry errors)
     assert chosen.command[-4:] == TRAIN
     assert chosen.env == {"OMP_NUM_THREADS": "4"}  # 8 cores shared by 2 processes
     assert chosen.pre_encode[-3:] == ["--processes", "2", "train.max_steps=5"]
@@ -41,7 +42,8 @@ def test_nproc_on_a_cpu_is_torchrun_sharing_the_cores():
 def test_gpus():
     assert plan({}, gpus=1, cores=8, args=ARGS, python=PY).launcher == "python"
     several = plan({}, gpus=4, cores=8, args=ARGS, python=PY)
-    assert several.command[:4] == [PY, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    assert several.command[:5] == [PY, "-m", "trainer.elastic", "accelerate", "--multi_gpu"]
+    assert after(several.command, "--max_restarts") == "0" and several.restarts == 3
     assert after(several.command, "--num_processes") == "4" and after(several.command, "--mixed_precision") == "no"
     assert "--num_machines" not in several.command and several.command[-4:] == TRAIN
     assert after(plan({"NPROC": "2"}, 4, 8, ARGS, PY).command, "--num_processes") == "2"
@@ -52,7 +54,7 @@ def test_gpus():
 def test_several_machines():
     env = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}
     cpu = plan(env, gpus=0, cores=4, args=ARGS, python=PY).command
-    assert cpu[3:11] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1", "--master_port", "1234"]
+    assert cpu[4:12] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1", "--master_port", "1234"]
     gpu = plan(env, gpus=8, cores=4, args=ARGS, python=PY).command
     assert after(gpu, "--num_processes") == "16" and after(gpu, "--machine_rank") == "1"
     assert after(gpu, "--main_process_ip") == "10.0.0.1" and after(gpu, "--main_process_port") == "1234"
@@ -164,7 +166,7 @@ def test_dry_run_prints_the_command_and_exits():
     result = launch_sh("--dry-run", "configs/tiny.yaml", "train.max_steps=5", env={"NPROC": "2"})
     assert result.returncode == 0 and result.stderr == ""
     [line] = result.stdout.splitlines()
-    assert "torch.distributed.run --standalone --nproc_per_node 2" in line and line.endswith("train.max_steps=5")
+    assert "trainer.elastic torchrun --standalone --nproc_per_node 2" in line and line.endswith("train.max_steps=5")
 
 
 @pytest.mark.parametrize(

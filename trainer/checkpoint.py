@@ -10,15 +10,18 @@ resume needs. What writes them is `Run.state_dict` in trainer/run.py; what reads
 
 from __future__ import annotations
 
+import errno
+import io
 import pickle
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
 
-from trainer.config import UserError
+from trainer.errors import UserError
 from trainer.files import atomic_write
 
 FORMAT = "charlstm-ckpt/1"
@@ -56,9 +59,36 @@ class Checkpoint(_Required, total=False):
 REQUIRED_KEYS = tuple(k for k in _Required.__annotations__ if k != "format")
 
 
+class DiskFullError(UserError):
+    """No room for a save: the file before it is kept, and a rerun after space is freed resumes from it."""
+
+
+def no_room(path: Path, needed: int, free: int | None) -> DiskFullError:
+    free_text = f"{free / 1e6:,.1f} MB are free" if free is not None else "the device said it is full"
+    return DiskFullError(
+        f"no space left to write {path}: it needs {needed / 1e6:,.1f} MB and {free_text} on "
+        f"{path.parent.resolve()}; the earlier checkpoints are intact: free some space and rerun to resume"
+    )
+
+
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
-    with atomic_write(path) as f:
-        torch.save(checkpoint, f)
+    """Write `checkpoint` atomically. It is serialized in memory first, so that a full disk is found before the
+    write (torch.save into a full disk fails with an error that has lost its errno) and said in one line."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    payload = buffer.getbuffer()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    if free < len(payload):
+        raise no_room(path, len(payload), free)
+    try:
+        with atomic_write(path) as f:
+            f.write(payload)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # filled meanwhile, or a quota below the free space
+            raise no_room(path, len(payload), None) from None
+        raise
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -39,9 +39,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from trainer.launch_plan import LaunchError, plan
+from trainer.elastic import USER_ERROR_FILE
+from trainer.launch_plan import LaunchError, Plan, plan
 from trainer.supervise import DEFAULT_STOP_GRACE, run_supervised
 
 
@@ -92,7 +94,25 @@ def launch(args: list[str], dry_run: bool = False) -> int:
     print(f"charlstm: launch: {chosen.choice}", flush=True)
     if chosen.pre_encode and subprocess.run(chosen.pre_encode, stdout=subprocess.DEVNULL).returncode != 0:
         return 2  # trainer.data has said what is wrong, in one line
-    return run_supervised(chosen.command, chosen.env, grace)
+    return run_with_restarts(chosen, grace)
+
+
+def run_with_restarts(chosen: Plan, grace: float) -> int:
+    """Run the plan; when a worker died (status 1 from trainer.elastic), start the workers again, up to
+    MAX_RESTARTS times: they resume from ckpt.pt. A user's error (2), a stop (a signal) or success end it."""
+    with tempfile.TemporaryDirectory(prefix="charlstm-launch-") as folder:
+        env = {**chosen.env, USER_ERROR_FILE: str(Path(folder) / "user_error")}
+        for attempt in range(chosen.restarts + 1):
+            status, stopped = run_supervised(chosen.command, env, grace)
+            if status != 1 or stopped or chosen.launcher == "python" or attempt == chosen.restarts:
+                return status
+            print(
+                f"charlstm: restarting the workers ({attempt + 1} of MAX_RESTARTS={chosen.restarts}); they resume "
+                "from ckpt.pt",
+                file=sys.stderr,
+                flush=True,
+            )
+    return status
 
 
 def quickstart(dry_run: bool) -> int:

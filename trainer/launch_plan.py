@@ -27,7 +27,7 @@ class Plan:
     nproc: int = 1  # processes on this machine
     nnodes: int = 1  # machines
     node_rank: int = 0  # this machine's index
-    restarts: int = 0  # times torchrun / accelerate may restart dead workers
+    restarts: int = 0  # times the launcher restarts the workers after one died (never after a user's error)
     pre_encode: list[str] | None = None  # the command that encodes the corpus first (runs of several processes)
     choice: str = ""  # one line: what was chosen, and from which variables
 
@@ -157,9 +157,10 @@ def plan(environ: Mapping[str, str], gpus: int, cores: int, args: list[str], pyt
     encode = [python, "-m", "trainer.data", "--config", config, "--processes", str(total), *overrides]
     where = f"{nnodes} machine(s) x {nproc} process(es), this is machine {rank}" if nnodes > 1 else f"{nproc} processes"
     if gpus > 0:
-        command = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(total)]
-        # the trainer chooses the precision itself (train.mixed_precision): accelerate's own stays `no`
-        command += ["--mixed_precision", "no", "--max_restarts", str(restarts)]
+        command = [python, "-m", "trainer.elastic", "accelerate", "--multi_gpu", "--num_processes", str(total)]
+        # the trainer chooses the precision itself (train.mixed_precision): accelerate's own stays `no`; the
+        # launcher restarts dead workers itself (trainer/elastic.py says why)
+        command += ["--mixed_precision", "no", "--max_restarts", "0"]
         if nnodes > 1:
             command += ["--num_machines", str(nnodes), "--machine_rank", str(rank)]
             command += ["--main_process_ip", address, "--main_process_port", str(port)]
@@ -174,8 +175,8 @@ def plan(environ: Mapping[str, str], gpus: int, cores: int, args: list[str], pyt
     if nnodes > 1:
         rendezvous = ["--nnodes", str(nnodes), "--node_rank", str(rank), "--master_addr", address]
         rendezvous += ["--master_port", str(port)]
-    command = [python, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(nproc)]
-    command += ["--max-restarts", str(restarts), *train]
+    command = [python, "-m", "trainer.elastic", "torchrun", *rendezvous, "--nproc_per_node", str(nproc)]
+    command += ["--max-restarts", "0", *train]
     choice = f"torchrun (gloo), {where} on the CPU, {threads} thread(s) each"
     return Plan(command, env, "torchrun", nproc, nnodes, rank, restarts, encode, choice + _from(sources))
 

@@ -34,8 +34,9 @@ def _kill(pids: list[int], sig: int) -> None:
             pass
 
 
-def run_supervised(command: list[str], env: dict[str, str], stop_grace: float) -> int:
-    """Run `command` in a session of its own with the stop forwarding; its exit status (128 + N for signal N)."""
+def run_supervised(command: list[str], env: dict[str, str], stop_grace: float) -> tuple[int, bool]:
+    """Run `command` in a session of its own with the stop forwarding: (its exit status, 128 + N for signal N;
+    whether a stop signal came)."""
     leader = subprocess.Popen(command, env={**os.environ, **env}, start_new_session=True)
     timer: list[threading.Timer] = []
 
@@ -63,4 +64,4 @@ def run_supervised(command: list[str], env: dict[str, str], stop_grace: float) -
             signal.signal(sig, handler)
         if timer:
             timer[0].cancel()
-    return 128 - status if status < 0 else status
+    return (128 - status if status < 0 else status), bool(timer)
