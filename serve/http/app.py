@@ -157,36 +157,41 @@ async def wait_done(completion: Completion, request: Request) -> bool:
         gone.cancel()
 
 
+async def complete(service: Service, request: Request) -> Response:
+    """POST /v1/completions: check, submit, then stream the events or wait for the whole answer."""
+    try:
+        service.authorize(request)
+        raw = await service.read_body(request)
+        vocab = len(service.sampler.vocab)
+        asked = parse_completion(raw, vocab, service.limits.max_tokens, service.scheduler.max_batch)
+        if asked.model is not None and asked.model != service.model_id:
+            raise ApiError(
+                404,
+                f"model {asked.model!r} does not exist here; this server serves {service.model_id!r}",
+                "model",
+                "model_not_found",
+            )
+        ids, text = service.prompt_ids(asked.prompt, asked.unknown)
+        asked = service.in_model_form(asked)
+        seed = asked.seed if asked.seed is not None else secrets.randbelow(1 << 53)  # exact in JavaScript too
+        completion = Completion(asked, ids, text, seed, Notifier(asyncio.get_running_loop()))
+        service.scheduler.submit(completion)
+    except ApiError as e:
+        return api_error(e)
+    except ClientDisconnect:
+        return Response(status_code=499)
+    headers = {SEED_HEADER: str(seed)}
+    if asked.stream:
+        return StreamingResponse(service.stream(completion), media_type="text/event-stream", headers=headers)
+    if not await wait_done(completion, request):
+        service.scheduler.cancel(completion)
+        return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
+    return JSONResponse(completion_body(completion, service.model_id), headers=headers)
+
+
 def build_app(service: Service) -> Starlette:
     async def completions(request: Request) -> Response:
-        try:
-            service.authorize(request)
-            raw = await service.read_body(request)
-            vocab = len(service.sampler.vocab)
-            asked = parse_completion(raw, vocab, service.limits.max_tokens, service.scheduler.max_batch)
-            if asked.model is not None and asked.model != service.model_id:
-                raise ApiError(
-                    404,
-                    f"model {asked.model!r} does not exist here; this server serves {service.model_id!r}",
-                    "model",
-                    "model_not_found",
-                )
-            ids, text = service.prompt_ids(asked.prompt, asked.unknown)
-            asked = service.in_model_form(asked)
-            seed = asked.seed if asked.seed is not None else secrets.randbelow(1 << 53)  # exact in JavaScript too
-            completion = Completion(asked, ids, text, seed, Notifier(asyncio.get_running_loop()))
-            service.scheduler.submit(completion)
-        except ApiError as e:
-            return api_error(e)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        headers = {SEED_HEADER: str(seed)}
-        if asked.stream:
-            return StreamingResponse(service.stream(completion), media_type="text/event-stream", headers=headers)
-        if not await wait_done(completion, request):
-            service.scheduler.cancel(completion)
-            return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
-        return JSONResponse(completion_body(completion, service.model_id), headers=headers)
+        return await complete(service, request)
 
     async def models(request: Request) -> Response:
         try:
