@@ -6,9 +6,9 @@ with the embedding and the first layer's input projection folded into one (vocab
 so it is Gather, MatMul, Add, Split, Sigmoid, Tanh, Mul: ops every runtime has (WebGL, WebGPU, mobile),
 as fast as the fused ONNX LSTM op on a CPU. One self-contained file, the vocabulary in its metadata.
 
-Every export verifies itself before the file appears: onnx.checker, then onnxruntime against the
-PyTorch `step` over 200 characters of text at batch 1 and 4 (max |logits difference| <= 1e-4), and
-500 greedy characters that must be identical. --int8 quantizes the weights (dynamic quantization) and
+Every export verifies itself before the file appears (export/verify.py): onnx.checker, then onnxruntime
+against the PyTorch `step` over 200 characters of text at batch 1 and 4 (max |logits difference| <= 1e-4),
+and 500 greedy characters that must be identical. --int8 quantizes the weights (dynamic quantization) and
 checks that the loss on a text stays within --int8-limit percent (default 2) of fp32.
 """
 
@@ -31,16 +31,14 @@ import onnx
 import torch
 from torch import nn
 
+from export.verify import PARITY_CHARS, PRIME_CHARS, verify
 from trainer.checkpoint import load_checkpoint
 from trainer.config import ConfigError, UserError, from_dict
 from trainer.data import load_corpus, split, user_cache_dir
 from trainer.model import CharLSTM, build_model
 
-FORMAT = "charlstm-cell/1"
 DEFAULT_OPSET = 18
-PARITY_TOLERANCE = 1e-4  # max |logits difference|, fp32
 INT8_LIMIT = 2.0  # percent: the loss increase --int8 accepts by default (--int8-limit)
-PARITY_CHARS, GREEDY_CHARS = 200, 500
 
 
 class ExportCell(nn.Module):
@@ -97,6 +95,8 @@ def to_onnx(model: CharLSTM, opset: int) -> onnx.ModelProto:
 
 
 def set_metadata(proto: onnx.ModelProto, ckpt: dict, weights: str = "fp32") -> None:
+    from serve.format import FORMAT  # here, not at the top: serve imports onnxruntime, which export checks for
+
     values = {
         "format": FORMAT,
         "vocab": json.dumps(ckpt["vocab"]),
@@ -150,59 +150,6 @@ def reference_text(ckpt: dict, model: CharLSTM, eval_text: str | None, min_chars
             token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
             ids.append(int(token))
     return "".join(ckpt["vocab"][i] for i in ids), "text sampled from the PyTorch model (corpus not at hand)"
-
-
-def verify(path: Path, model: CharLSTM, vocab: list[str], text: str) -> list[str]:
-    """Parity of onnxruntime with the PyTorch step; raises UserError on any mismatch."""
-    import onnxruntime as ort
-
-    onnx.checker.check_model(str(path), full_check=True)
-    report = ["onnx.checker: ok"]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    index = {ch: i for i, ch in enumerate(vocab)}
-    ids = np.array([index[ch] for ch in text], dtype=np.int64)
-    prime = 50
-    worst = {}
-    for batch in (1, 4):
-        offsets = np.arange(batch) * ((len(ids) - prime - PARITY_CHARS) // 4)
-        h_t, c_t = model.zero_state(batch)
-        h_o, c_o = h_t.numpy(), c_t.numpy()
-        worst[batch] = 0.0
-        with torch.no_grad():
-            for t in range(prime + PARITY_CHARS):
-                token = ids[offsets + t]
-                logits_t, h_t, c_t = model.step(torch.from_numpy(token), h_t, c_t)
-                logits_o, h_o, c_o = session.run(None, {"token": token, "h": h_o, "c": c_o})
-                if t >= prime:  # from a primed state, over PARITY_CHARS characters
-                    worst[batch] = max(worst[batch], float(np.abs(logits_o - logits_t.numpy()).max()))
-        if not worst[batch] <= PARITY_TOLERANCE:
-            raise UserError(
-                f"export failed verification: max |logits difference| {worst[batch]:.3g} at batch {batch} "
-                f"exceeds {PARITY_TOLERANCE:g}"
-            )
-    report.append(
-        f"parity with PyTorch step over {PARITY_CHARS} chars: max |logits difference| "
-        + ", ".join(f"{v:.2e} at batch {b}" for b, v in worst.items())
-        + f" (limit {PARITY_TOLERANCE:g})"
-    )
-    greedy_t, greedy_o = [], []
-    with torch.no_grad():
-        h_t, c_t = model.zero_state(1)
-        h_o, c_o = h_t.numpy(), c_t.numpy()
-        for token in ids[:prime]:
-            logits_t, h_t, c_t = model.step(torch.tensor([token]), h_t, c_t)
-            logits_o, h_o, c_o = session.run(None, {"token": np.array([token]), "h": h_o, "c": c_o})
-        for _ in range(GREEDY_CHARS):
-            next_t, next_o = int(logits_t.argmax()), int(logits_o.argmax())
-            greedy_t.append(next_t)
-            greedy_o.append(next_o)
-            logits_t, h_t, c_t = model.step(torch.tensor([next_t]), h_t, c_t)
-            logits_o, h_o, c_o = session.run(None, {"token": np.array([next_o]), "h": h_o, "c": c_o})
-    if greedy_t != greedy_o:
-        where = next(i for i, (a, b) in enumerate(zip(greedy_t, greedy_o)) if a != b)
-        raise UserError(f"export failed verification: greedy text differs from PyTorch at character {where}")
-    report.append(f"greedy {GREEDY_CHARS} chars: identical to PyTorch")
-    return report
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, ckpt: dict) -> None:
@@ -261,7 +208,7 @@ def export(
     if written_opset(proto) != opset:  # the exporter may fall back to another opset without a word
         raise UserError(f"--opset {opset}: the exporter wrote opset {written_opset(proto)} instead; nothing written")
     set_metadata(proto, ckpt)
-    text, source = reference_text(ckpt, model, eval_text, min_chars=2 * (50 + PARITY_CHARS) * 4)
+    text, source = reference_text(ckpt, model, eval_text, min_chars=2 * (PRIME_CHARS + PARITY_CHARS) * 4)
     with tempfile.TemporaryDirectory(dir=out.parent if str(out.parent) else ".", prefix=".export-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
         onnx.save(proto, str(fp32_path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from serve.options import add_unknown_option
 from serve.sampler import Sampler, SamplerError, SamplingOptions
 from serve.score import read_text
 
@@ -30,12 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; <1 safer, >1 wilder")
     parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     parser.add_argument("--num-samples", type=int, default=1, help="samples generated together (batched)")
-    parser.add_argument(
-        "--unknown",
-        choices=["error", "skip"],
-        default="error",
-        help="prime characters outside the vocabulary: error (default) or skip them",
-    )
+    add_unknown_option(parser, "prime characters")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-FORMAT = "charlstm-cell/1"
+from serve.format import FORMAT
 
 
 class SamplerError(ValueError):

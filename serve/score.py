@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.options import add_unknown_option
 from serve.sampler import Sampler, SamplerError
 
 
@@ -86,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="score at most this many characters: each stream's first N // streams (the trainer's train.eval_chars)",
     )
-    parser.add_argument(
-        "--unknown",
-        choices=["error", "skip"],
-        default="error",
-        help="characters outside the vocabulary: error (default) or skip them",
-    )
+    add_unknown_option(parser)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)

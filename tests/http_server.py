@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 API_KEY = "test-key-0123"
 

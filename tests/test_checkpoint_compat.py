@@ -6,12 +6,12 @@ import json
 import shutil
 
 import torch
-from conftest import DATA, ENGLISH, run_train
+from helpers import DATA, ENGLISH, run_train
 
 from trainer.checkpoint import load_checkpoint
 
 SAVED = DATA / "resume_v0"
-# the settings of the run that wrote SAVED (with conftest's TINY): the weight average and weight drop on, so
+# the settings of the run that wrote SAVED (with helpers' TINY): the weight average and weight drop on, so
 # that the checkpoint holds train_weights beside model
 SETTINGS = [
     f"data.path={ENGLISH}",

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_train
+from helpers import run_train
 
 from trainer.checkpoint import load_checkpoint
 from trainer.model import CharLSTM

@@ -87,7 +87,7 @@ def test_windows_read_from_the_cache_are_the_ids(tmp_path):
 
 def test_the_validation_split_written_as_text(tmp_path, capsys):
     """`python -m trainer.data --config ... --write-val FILE`: the split that serve.score can score whole."""
-    from conftest import EMPTY_CONFIG, ENGLISH
+    from helpers import EMPTY_CONFIG, ENGLISH
 
     out = tmp_path / "val.txt"
     assert data.main(["--config", str(EMPTY_CONFIG), f"data.path={ENGLISH}", "--write-val", str(out)]) == 0
@@ -317,7 +317,7 @@ def test_fine_tuning_remaps_a_corpus_larger_than_its_memory(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ENGLISH, ROOT
+    from helpers import ENGLISH, ROOT
 
     english = ENGLISH.read_text(encoding="utf-8")
     path = tmp_path / "big.txt"

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import run_train
+from helpers import run_train
 
 from trainer import checkpoint as checkpoint_module
 from trainer import files as files_module

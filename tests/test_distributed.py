@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import EMPTY_CONFIG, ROOT, TINY, assert_resumed, one_line_error, run_train, start_events
+from helpers import EMPTY_CONFIG, ROOT, TINY, assert_resumed, one_line_error, run_train, start_events
 
 from trainer.checkpoint import load_checkpoint
 

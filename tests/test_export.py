@@ -7,9 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import SPANISH, one_line_error, run_train
+from helpers import SPANISH, one_line_error, run_train
 
 from export import onnx as export_onnx
+from export import verify as export_verify
 from export.onnx import main as export_main
 from export.onnx import model_from_checkpoint
 from trainer.checkpoint import load_checkpoint
@@ -23,7 +24,7 @@ def torch_model(run_dir):
 @pytest.mark.parametrize("batch", [1, 4, 32])
 def test_parity_with_pytorch_step(trained_run, trained_onnx, corpus_100k, batch):
     """One exported file (dynamic batch) against the PyTorch step: logits and state, 120 characters, on a model
-    that has learned the text (conftest.TRAINED)."""
+    that has learned the text (helpers.TRAINED)."""
     model, ckpt = torch_model(trained_run)
     index = {ch: i for i, ch in enumerate(ckpt["vocab"])}
     text = corpus_100k.read_text(encoding="utf-8")[:20_000]
@@ -141,7 +142,7 @@ def test_int8(trained_run, trained_onnx, tmp_path, capsys, corpus_100k):
 
 def test_reads_a_bf16_checkpoint(corpus_100k, tmp_path):
     """A checkpoint trained in bf16 exports, samples and scores, here and on a CPU without native bf16."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     from trainer.precision import cpu_runs_bf16_lstm
 
@@ -242,7 +243,7 @@ def test_the_opset_asked_for_is_the_opset_written(tiny_run, tmp_path):
 def test_failed_verification_leaves_nothing(tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"an older export that must survive")
-    monkeypatch.setattr(export_onnx, "PARITY_TOLERANCE", -1.0)  # no export can pass this
+    monkeypatch.setattr(export_verify, "PARITY_TOLERANCE", -1.0)  # no export can pass this
     assert export_main([str(tiny_run / "ckpt.pt"), "-o", str(out)]) == 2
     assert "export failed verification" in one_line_error(capsys.readouterr().err)
     assert out.read_bytes() == b"an older export that must survive"
@@ -255,12 +256,12 @@ def test_greedy_self_check_catches_a_diverging_model(trained_run, trained_onnx, 
     model, ckpt = torch_model(trained_run)
     with torch.no_grad():
         model.head.bias[ckpt["vocab"].index("e")] += 3.0
-    monkeypatch.setattr(export_onnx, "PARITY_TOLERANCE", float("inf"))
+    monkeypatch.setattr(export_verify, "PARITY_TOLERANCE", float("inf"))
     text = corpus_100k.read_text(encoding="utf-8")[:5000]
     with pytest.raises(export_onnx.UserError, match="greedy text differs from PyTorch at character"):
-        export_onnx.verify(trained_onnx, model, ckpt["vocab"], text)
+        export_verify.verify(trained_onnx, model, ckpt["vocab"], text)
     model, _ = torch_model(trained_run)
-    assert "greedy 500 chars: identical to PyTorch" in export_onnx.verify(trained_onnx, model, ckpt["vocab"], text)
+    assert "greedy 500 chars: identical to PyTorch" in export_verify.verify(trained_onnx, model, ckpt["vocab"], text)
 
 
 def test_spanish_corpus_present():

@@ -12,7 +12,7 @@ import threading
 import httpx
 import openai
 import pytest
-from conftest import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from http_server import API_KEY, Server
 
 from serve.sampler import Sampler

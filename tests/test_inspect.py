@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import ENGLISH, one_line_error, run_cli
+from helpers import ENGLISH, one_line_error, run_cli
 
 from serve.inspect import inspect_text
 from serve.inspect.features import builtin_features, parse_feature, regex_feature

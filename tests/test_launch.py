@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import ROOT, one_line_error
+from helpers import ROOT, one_line_error
 
 from trainer.launch_plan import LaunchError, plan, slurm_hosts
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import EMPTY_CONFIG, TINY
+from helpers import EMPTY_CONFIG, TINY
 
 from trainer.build import make_optimizer
 from trainer.config import load_config

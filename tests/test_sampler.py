@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import ROOT, one_line_error, run_cli
+from helpers import ROOT, one_line_error, run_cli
 
 from export.onnx import model_from_checkpoint
 from serve import Sampler, SamplerError
+from serve.format import FORMAT
 from serve.sample import main as sample_main
 from serve.sample import sample
 from serve.score import main as score_main
@@ -342,6 +343,12 @@ def test_javascript_core_uses_no_node_api():
     for name in ("require(", "Buffer", "process.", "from 'fs'", "from 'node:", "import("):
         assert name not in code, name
     assert re.findall(r"^import ", code, flags=re.M) == []  # no imports at all: ort is handed in
+
+
+def test_javascript_core_checks_the_format_name_export_writes():
+    """serve/js/core.js's FORMAT is serve/format.py's (which export/onnx.py writes): one name in both languages."""
+    source = (JS / "core.js").read_text(encoding="utf-8")
+    assert re.findall(r"^export const FORMAT = '([^']*)';", source, flags=re.M) == [FORMAT]
 
 
 def test_stream_checks_before_the_first_character(trained_onnx):

@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DATA, ROOT
+from helpers import DATA, ROOT
 
 from serve.sampler import Sampler, uniform
 

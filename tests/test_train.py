@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import (
+from helpers import (
     EMPTY_CONFIG,
     ROOT,
     TINY,
@@ -70,7 +70,7 @@ def test_run_directory_contents(tiny_run):
 
 
 def test_loss_falls_on_english(trained_run):
-    """The fixture model of the parity tests (conftest.TRAINED, 400 steps on the English text) ends under
+    """The fixture model of the parity tests (helpers.TRAINED, 400 steps on the English text) ends under
     TRAINED_BAR nats (a unigram model scores 3.24; 2.21 was measured when this test was written), and its
     validation loss fell from one evaluation to the next."""
     events = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
@@ -344,7 +344,7 @@ def test_bad_input_through_the_real_cli(tmp_path):
     ],
 )
 def test_mismatched_checkpoint_is_refused_and_kept(tiny_run, change, message, capsys, corpus_100k):
-    from conftest import SPANISH
+    from helpers import SPANISH
 
     before = {p.name: digest(p) for p in tiny_run.iterdir() if p.is_file()}
     code = run_train(f"data.path={corpus_100k}", f"out_dir={tiny_run}", change.replace("{spanish}", str(SPANISH)))
@@ -466,7 +466,7 @@ def test_max_steps_auto_plans_with_a_bounded_evaluation(tmp_path):
     """A validation split far too large to score inside the budget (6.5M characters: about 15 s for this model,
     against a 9-s budget): with train.eval_chars every evaluation scores exactly its 16,000 characters, the same
     part each time, so train.max_steps=auto plans around a short evaluation and the run completes its schedule."""
-    from conftest import ENGLISH
+    from helpers import ENGLISH
 
     path = tmp_path / "long_validation.txt"
     path.write_text(ENGLISH.read_text(encoding="utf-8") * 60, encoding="utf-8")
@@ -556,7 +556,7 @@ def test_one_run_at_a_time_on_an_out_dir(corpus_100k, tmp_path):
     """A second run on an out_dir that a live run holds is refused in one line and changes nothing; the first
     run goes on undisturbed (stopped by Ctrl-C once the second is refused: it saves and exits 0), and its
     metrics hold each step once."""
-    from conftest import run_cli_background
+    from helpers import run_cli_background
 
     command = ["-m", "trainer.train", "--config", str(EMPTY_CONFIG), *TINY, f"data.path={corpus_100k}"]
     command += ["train.max_steps=5000", "train.log_every=1", "train.eval_every=500", "train.sample_chars=0"]
@@ -661,7 +661,7 @@ def test_fine_tuning_on_new_text(trained_run, tmp_path, capsys):
     """train.init_from: a model trained on English, fine-tuned on Spanish. The characters English lacked are
     added (their rows start as a fresh model's), the old rows keep their trained values, the loss starts far
     below a from-scratch model's and falls, and the exported model samples with old and new characters."""
-    from conftest import SPANISH, TRAINED
+    from helpers import SPANISH, TRAINED
 
     from export.onnx import main as export_main
     from serve import Sampler
@@ -698,7 +698,7 @@ def test_fine_tuning_on_new_text(trained_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("change", ["model.hidden=64", "model.layers=3", "model.embed=8"])
 def test_fine_tuning_needs_the_same_shape(trained_run, tmp_path, capsys, change):
-    from conftest import SPANISH, TRAINED
+    from helpers import SPANISH, TRAINED
 
     key = change.split("=")[0]
     args = [*TRAINED, f"data.path={SPANISH}", "train.batch_size=4", "train.seq_len=16", "data.val_fraction=0.2"]

@@ -9,7 +9,7 @@ import unicodedata
 import numpy as np
 import onnx
 import pytest
-from conftest import SPANISH, run_train
+from helpers import SPANISH, run_train
 
 from export.onnx import main as export_main
 from serve import Sampler
@@ -97,7 +97,7 @@ def test_a_model_exported_before_the_form_existed_reads_as_none(nfd_corpus_model
 
 
 def test_javascript_puts_the_prime_into_the_form(nfd_corpus_model):
-    from conftest import ROOT
+    from helpers import ROOT
 
     js = ROOT / "serve" / "js"
     if shutil.which("node") is None or not (js / "node_modules" / "onnxruntime-node").is_dir():

@@ -14,7 +14,7 @@ import urllib.request
 import headless
 import onnx
 import pytest
-from conftest import ROOT, one_line_error, run_cli
+from helpers import ROOT, one_line_error, run_cli
 
 from serve.sampler import Sampler
 

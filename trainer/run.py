@@ -19,7 +19,8 @@ import torch
 
 from trainer.build import build_models, make_optimizer
 from trainer.checkpoint import FORMAT, Checkpoint, save_checkpoint
-from trainer.config import Config, check_processes, save_config
+from trainer.config import Config, save_config
+from trainer.config_checks import check_processes
 from trainer.data import Corpus, EvalStreams, TrainStreams, split
 from trainer.errors import TrainingError, UserError
 from trainer.evaluate import choose_prime, evaluate_loss, sample_text

@@ -17,6 +17,7 @@ from pathlib import Path
 from serve.inspect.features import FeatureError, parse_feature
 from serve.inspect.report import render
 from serve.inspect.run import DEFAULT_MAX_CHARS, inspect_text
+from serve.options import add_unknown_option
 from serve.sampler import SamplerError
 from serve.score import read_text
 
@@ -67,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=REGEX",
         help="a feature of your own: 1 where a match of REGEX covers the character (repeatable)",
     )
-    parser.add_argument(
-        "--unknown",
-        choices=["error", "skip"],
-        default="error",
-        help="characters outside the vocabulary: error (default) or skip them",
-    )
+    add_unknown_option(parser)
     args = parser.parse_args(argv)
     try:
         if args.max_chars < 1:
