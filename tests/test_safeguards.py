@@ -31,6 +31,35 @@ def start(corpus, tmp_path, *overrides: str) -> Run:
     return Run.start(config(f"data.path={corpus}", f"out_dir={tmp_path / 'run'}", *overrides))
 
 
+def gradients(run: Run) -> torch.Tensor:
+    """compute_gradients on the run's parts and its train state."""
+    return compute_gradients(
+        run.state,
+        cfg=run.cfg,
+        model=run.model,
+        accelerator=run.accelerator,
+        streams=run.streams,
+        first=run.first,
+        last=run.last,
+        vocab_size=len(run.corpus.vocab),
+    )
+
+
+def clip_and_agree(run: Run, loss: torch.Tensor) -> None:
+    """agree (which clips the gradients) on the run's parts, with no signal and a fresh budget."""
+    budget = Budget(run.cfg, run.accelerator, run.log, run.say)
+    agree(
+        loss,
+        StopFlags(),
+        budget,
+        run.state,
+        cfg=run.cfg,
+        model=run.model,
+        accelerator=run.accelerator,
+        precision_mode=run.precision.mode,
+    )
+
+
 def grad_norm(run: Run) -> float:
     return torch.cat([p.grad.flatten() for p in run.bare.parameters() if p.grad is not None]).norm().item()
 
@@ -39,18 +68,18 @@ def test_gradient_clipping_leaves_the_optimizer_gradients_of_norm_grad_clip(corp
     """A real step whose global gradient norm exceeds train.grad_clip: the update sees gradients of norm grad_clip
     exactly (and in the same direction); below the limit, or with grad_clip=0, they are left as they are."""
     run = start(corpus_100k, tmp_path, "train.grad_clip=0.05")
-    loss = compute_gradients(run)
+    loss = gradients(run)
     raw = [p.grad.clone() for p in run.bare.parameters()]
     raw_norm = grad_norm(run)
     assert raw_norm > 4 * 0.05  # the first step of a fresh model: far above the limit
-    agree(run, loss, StopFlags(), Budget(run))
+    clip_and_agree(run, loss)
     assert grad_norm(run) == pytest.approx(0.05, rel=1e-4)
     for before, p in zip(raw, run.bare.parameters()):  # scaled, not changed in direction
         torch.testing.assert_close(p.grad, before * (0.05 / raw_norm), rtol=1e-4, atol=1e-9)
     for limit in ("1000", "0"):  # above the norm, and off
         run = start(corpus_100k, tmp_path / limit, f"train.grad_clip={limit}")
-        loss = compute_gradients(run)
-        agree(run, loss, StopFlags(), Budget(run))
+        loss = gradients(run)
+        clip_and_agree(run, loss)
         assert grad_norm(run) == pytest.approx(raw_norm, rel=1e-5)
 
 
@@ -98,7 +127,7 @@ def test_dropout_is_on_in_training_only(corpus_100k, tmp_path):
     dropped = start(corpus_100k, tmp_path, "model.dropout=0.5")
     plain = start(corpus_100k, tmp_path / "plain", "model.dropout=0")
     plain.bare.load_state_dict(dropped.bare.state_dict())
-    assert compute_gradients(dropped).item() != pytest.approx(compute_gradients(plain).item(), abs=1e-3)
+    assert gradients(dropped).item() != pytest.approx(gradients(plain).item(), abs=1e-3)
 
     one_process = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext, reduce=lambda t, reduction: t)
     dropped.bare.train()

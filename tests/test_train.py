@@ -496,47 +496,42 @@ def test_max_steps_auto_revises_up_early_and_down_any_time(monkeypatch):
     from types import SimpleNamespace
 
     import trainer.step
+    from trainer.state import TrainState
     from trainer.step import Budget
 
     clock = [0.0]
     monkeypatch.setattr(trainer.step.time, "monotonic", lambda: clock[0])
     cfg = SimpleNamespace(train=SimpleNamespace(max_minutes=10, max_steps="auto", eval_every=500))
-    run = SimpleNamespace(
-        cfg=cfg,
-        is_main=True,
-        step=0,
-        resumed_from=None,
-        max_steps=None,
-        device="cpu",
-        events=[],
-        accelerator=SimpleNamespace(num_processes=1),
-        evaluate=lambda: clock.__setitem__(0, clock[0] + 2.0),
-    )
-    run.log, run.say = run.events.append, lambda line: None
-    budget = Budget(run)
+    events = []
+    accelerator = SimpleNamespace(num_processes=1, is_main_process=True, device="cpu")
+    budget = Budget(cfg, accelerator, events.append, lambda line: None)
+    state = TrainState()
+
+    def evaluate() -> None:
+        clock[0] += 2.0
 
     def train_until(step: int, seconds_per_step: float) -> None:
-        while run.step < step:
-            planning = budget.ready_to_plan(run)
+        while state.step < step:
+            planning = budget.ready_to_plan(state)
             clock[0] += seconds_per_step
-            run.step += 1
+            state.step += 1
             if planning:
-                budget.evaluate(run)
+                budget.evaluate(evaluate, state)
 
     train_until(200, 0.3)  # planned after 20 steps and 3% of the budget (18 s): 0.3 s a step
-    first = run.max_steps
-    assert run.events[0]["seconds_per_step"] == pytest.approx(0.3, rel=0.05) and 1700 < first < 1900
+    first = state.max_steps
+    assert events[0]["seconds_per_step"] == pytest.approx(0.3, rel=0.05) and 1700 < first < 1900
     train_until(500, 0.2)
-    budget.evaluate(run)  # the steps so far average under 0.3 s: more fit, and step 500 < half the run
-    assert run.max_steps >= 1.02 * first
-    grown = run.max_steps
+    budget.evaluate(evaluate, state)  # the steps so far average under 0.3 s: more fit, and step 500 < half the run
+    assert state.max_steps >= 1.02 * first
+    grown = state.max_steps
     train_until(1500, 0.1)  # faster still, but past half the run: no change
-    budget.evaluate(run)
-    assert run.max_steps == grown
+    budget.evaluate(evaluate, state)
+    assert state.max_steps == grown
     train_until(1700, 1.5)  # a machine that slowed down: shorter, at once
-    budget.evaluate(run)
-    assert run.max_steps < grown
-    assert_revisions_keep_the_rule(run.events)
+    budget.evaluate(evaluate, state)
+    assert state.max_steps < grown
+    assert_revisions_keep_the_rule(events)
 
 
 def test_an_out_dir_trained_on_another_text_is_refused(tiny_run, corpus_100k, tmp_path, capsys):

@@ -83,19 +83,6 @@ class Run:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    # The train state's fields, read and written through the run by the step functions and the budget
-    # (tests drive those with stand-ins that hold the fields themselves).
-    step = property(lambda self: self.state.step, lambda self, v: setattr(self.state, "step", v))
-    best_val = property(lambda self: self.state.best_val, lambda self, v: setattr(self.state, "best_val", v))
-    h = property(lambda self: self.state.h, lambda self, v: setattr(self.state, "h", v))
-    c = property(lambda self: self.state.c, lambda self, v: setattr(self.state, "c", v))
-    bad_steps = property(lambda self: self.state.bad_steps, lambda self, v: setattr(self.state, "bad_steps", v))
-    max_steps = property(lambda self: self.state.max_steps, lambda self, v: setattr(self.state, "max_steps", v))
-    resumed_from = property(lambda self: self.state.resumed_from)
-    train_seconds = property(
-        lambda self: self.state.train_seconds, lambda self, v: setattr(self.state, "train_seconds", v)
-    )
-
     @property
     def evaluated(self) -> CharLSTM:
         """The weights that get evaluated, saved as `model` and exported."""
@@ -213,16 +200,16 @@ class Run:
         """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt."""
         clock = time.monotonic()
         val, chars = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
-        event = {"step": self.step, "val_loss": val, "val_bpc": val / LN2, "val_chars": chars}
-        event |= {"val_seconds": time.monotonic() - clock, "train_seconds": self.train_seconds}
+        event = {"step": self.state.step, "val_loss": val, "val_bpc": val / LN2, "val_chars": chars}
+        event |= {"val_seconds": time.monotonic() - clock, "train_seconds": self.state.train_seconds}
         self.last_sample = ""
         if self.is_main and self.cfg.train.sample_chars > 0:
             clock = time.monotonic()
             self.last_sample = sample_text(self.evaluated, self.corpus.vocab, self.sample_prime, self.cfg.train)
             event |= {"sample": self.last_sample, "sample_seconds": time.monotonic() - clock}
         self.log(event)
-        if val < self.best_val:
-            self.best_val = val
+        if val < self.state.best_val:
+            self.state.best_val = val
             self.save(self.paths.best, val)
         return val
 

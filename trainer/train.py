@@ -32,37 +32,34 @@ from trainer.errors import TrainingError, UserError
 from trainer.plot import plot_losses
 from trainer.processes import node_name
 from trainer.run import LN2, Run
-from trainer.step import Budget, StopFlags, agree, apply_update, compute_gradients, lr_at
+from trainer.step import Budget, StopFlags, Verdict, agree, apply_update, compute_gradients, lr_at
 
 
 def train(cfg: Config) -> int:
     run = Run.start(cfg)
     t = cfg.train
     announce(run)
-    stop, budget, meter = StopFlags(), Budget(run), Meter(run)
+    state = run.state  # what the step functions change: step, h, c, best_val, the plan, counters
+    stop, budget, meter = StopFlags(), Budget(cfg, run.accelerator, run.log, run.say), Meter(run)
     stop.install()
     stopped_by, val_loss = None, None
     try:
-        while run.max_steps is None or run.step < run.max_steps:
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr_at(run.step, cfg, run.max_steps)
-            step_loss = compute_gradients(run)
-            verdict = agree(run, step_loss, stop, budget)
-            apply_update(run, verdict)
+        while state.max_steps is None or state.step < state.max_steps:
+            step_loss, verdict = take_step(run, stop, budget)
             meter.count(step_loss, verdict.non_finite)
             if verdict.plan_now:
-                budget.evaluate(run)  # timed, then train.max_steps=auto gets its total
+                budget.evaluate(run.evaluate, state)  # timed, then train.max_steps=auto gets its total
             if verdict.signalled:
                 stopped_by = stop.signal_name or "signal"
                 run.save(run.paths.ckpt, None)
                 break
-            final = run.step == run.max_steps or verdict.out_of_time
-            val_loss = budget.evaluate(run) if run.step % t.eval_every == 0 or final else None
+            final = state.step == state.max_steps or verdict.out_of_time
+            val_loss = budget.evaluate(run.evaluate, state) if state.step % t.eval_every == 0 or final else None
             if val_loss is not None:
-                meter.write(f"step {run.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
+                meter.write(f"step {state.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
                 if run.last_sample:
                     meter.write(f"--- sample: {run.sample_prime}{run.last_sample}\n---")
-            if run.step % t.save_every == 0 or final:
+            if state.step % t.save_every == 0 or final:
                 run.save(run.paths.ckpt, val_loss)
             meter.skip_pause()
             if verdict.out_of_time:
@@ -79,13 +76,32 @@ def train(cfg: Config) -> int:
     return 0
 
 
+def take_step(run: Run, stop: StopFlags, budget: Budget) -> tuple[torch.Tensor, Verdict]:
+    """One optimizer step on run.state: the learning rate, the gradients, the processes' verdict, the update.
+    Returns the step's loss and the verdict."""
+    state, cfg, mode = run.state, run.cfg, run.precision.mode
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(state.step, cfg, state.max_steps)
+    shard = {"first": run.first, "last": run.last, "vocab_size": len(run.corpus.vocab)}
+    step_loss = compute_gradients(
+        state, cfg=cfg, model=run.model, accelerator=run.accelerator, streams=run.streams, **shard
+    )
+    verdict = agree(
+        step_loss, stop, budget, state, cfg=cfg, model=run.model, accelerator=run.accelerator, precision_mode=mode
+    )
+    apply_update(
+        verdict, state, optimizer=run.optimizer, precision_mode=mode, average=run.average, bare=run.bare, log=run.log
+    )
+    return step_loss, verdict
+
+
 def announce(run: Run) -> None:
     """The run's first lines on stderr, and a start event in metrics.jsonl (where a resumed run began)."""
     cfg, corpus = run.cfg, run.corpus
     params = sum(p.numel() for p in run.bare.parameters())
     processes = run.accelerator.num_processes
     threads = torch.get_num_threads()  # per process; on a CPU, N processes share the machine's cores
-    resumed = f", resumed at step {run.step}" if run.resumed_from is not None else ""
+    resumed = f", resumed at step {run.state.step}" if run.state.resumed_from is not None else ""
     run.say(f"precision {cfg.train.mixed_precision} -> {run.precision.mode} ({run.precision.reason})")
     run.say(
         f"{len(corpus.ids):,} chars, vocab {len(corpus.vocab)}, {params / 1e6:.2f}M params, {processes} "
@@ -94,48 +110,52 @@ def announce(run: Run) -> None:
         + f", {run.streams.windows_per_epoch} windows/epoch{resumed}"
     )
     run.log(
-        {"step": run.step, "start": True, "resumed_from": run.resumed_from, "processes": processes}
-        | {"threads": threads, "precision": run.precision.mode, "max_steps": run.max_steps}
+        {"step": run.state.step, "start": True, "resumed_from": run.state.resumed_from, "processes": processes}
+        | {"threads": threads, "precision": run.precision.mode, "max_steps": run.state.max_steps}
         | {"init_from": cfg.train.init_from}
     )
 
 
 class Meter:
     """The progress bar, and the train loss and chars/s logged every train.log_every steps. Its clock skips
-    evaluations and saves, so run.train_seconds and chars/s measure training alone."""
+    evaluations and saves, so run.state.train_seconds and chars/s measure training alone."""
 
     def __init__(self, run: Run):
         from tqdm import tqdm
 
         self.run = run
         self.bar = tqdm(
-            total=run.max_steps, initial=run.step, disable=not run.is_main, dynamic_ncols=True, mininterval=1.0
+            total=run.state.max_steps,
+            initial=run.state.step,
+            disable=not run.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0,
         )
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
         self.clock = time.monotonic()
-        self.logged = (run.step, run.train_seconds)  # (step, train_seconds) at the last log
+        self.logged = (run.state.step, run.state.train_seconds)  # (step, train_seconds) at the last log
 
     def count(self, step_loss: torch.Tensor, skipped: bool) -> None:
-        run, t = self.run, self.run.cfg.train
+        run, state, t = self.run, self.run.state, self.run.cfg.train
         now = time.monotonic()
-        run.train_seconds += now - self.clock
+        state.train_seconds += now - self.clock
         self.clock = now
         if not skipped:
             self.loss_sum += step_loss
             self.loss_count += 1
-        if self.bar.total != run.max_steps:  # train.max_steps=auto has just fixed the total
-            self.bar.total = run.max_steps
+        if self.bar.total != state.max_steps:  # train.max_steps=auto has just fixed the total
+            self.bar.total = state.max_steps
         self.bar.update(1)
-        if run.step % t.log_every and run.step != run.max_steps:
+        if state.step % t.log_every and state.step != state.max_steps:
             return
         mean_loss = run.accelerator.reduce(self.loss_sum, reduction="mean").item() / max(1, self.loss_count)
-        steps, seconds = run.step - self.logged[0], run.train_seconds - self.logged[1]
+        steps, seconds = state.step - self.logged[0], state.train_seconds - self.logged[1]
         chars_per_s = steps * t.batch_size * t.seq_len / max(1e-9, seconds)
-        lr = lr_at(run.step - 1, run.cfg, run.max_steps)
-        run.log({"step": run.step, "train_loss": mean_loss, "lr": lr, "chars_per_s": chars_per_s})
+        lr = lr_at(state.step - 1, run.cfg, state.max_steps)
+        run.log({"step": state.step, "train_loss": mean_loss, "lr": lr, "chars_per_s": chars_per_s})
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", cps=f"{chars_per_s:,.0f}")
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
-        self.logged = (run.step, run.train_seconds)
+        self.logged = (state.step, state.train_seconds)
 
     def skip_pause(self) -> None:
         """Leave the time since the last step (an evaluation, a save) out of the training clock."""
@@ -153,18 +173,19 @@ def report(run: Run, stopped_by: str | None, val_loss: float | None) -> None:
     """The loss plot and the last line on stdout."""
     if not run.is_main:
         return
+    state = run.state
     if run.paths.metrics.exists():
         plot_losses(run.paths.metrics, run.paths.out_dir / "loss.png")
     ckpt = run.paths.ckpt
     if stopped_by and stopped_by.startswith("SIG"):
-        print(f"charlstm: stopped by {stopped_by} after step {run.step}; saved {ckpt} (rerun to resume)")
+        print(f"charlstm: stopped by {stopped_by} after step {state.step}; saved {ckpt} (rerun to resume)")
     elif val_loss is not None:
         print(
-            f"charlstm: step {run.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc), "
-            f"best {run.best_val:.4f}; saved {ckpt}" + (f" (stopped by {stopped_by})" if stopped_by else "")
+            f"charlstm: step {state.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc), "
+            f"best {state.best_val:.4f}; saved {ckpt}" + (f" (stopped by {stopped_by})" if stopped_by else "")
         )
     else:
-        print(f"charlstm: nothing to do, {ckpt} is at step {run.step} = train.max_steps")
+        print(f"charlstm: nothing to do, {ckpt} is at step {state.step} = train.max_steps")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
