@@ -181,3 +181,10 @@ def test_dry_run_prints_the_command_and_exits():
 def test_launch_errors_are_one_line(args, env, word):
     result = launch_sh(*args, env=env)
     assert result.returncode == 2 and word in one_line_error(result.stderr)
+
+
+def test_the_quickstart_trains_the_tiny_config():
+    result = launch_sh("--dry-run")
+    assert result.returncode == 0
+    [line] = result.stdout.splitlines()
+    assert line.endswith("-m trainer.train --config configs/tiny.yaml data.path=tinyshakespeare")
