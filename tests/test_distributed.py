@@ -384,6 +384,8 @@ def test_a_dead_worker_is_restarted_and_resumes(data, tmp_path, two_processes_lo
     assert_resumed(tmp_path, resumed_at, killed=True)
     errors = error_lines(tmp_path / "run.err")
     assert len(errors) == 1 and "lost another process in a collective" in errors[0]  # one restart, which worked
+    log = (tmp_path / "run.err").read_text()
+    assert "restarting the workers (1 of MAX_RESTARTS=3)" in log and "Traceback" not in log, log[-3000:]
     assert not list(tmp_path.glob(".*.tmp"))  # the save the kill cut short was cleaned up
     final = load_checkpoint(tmp_path / "ckpt.pt")
     for key in two_processes_long["model"]:

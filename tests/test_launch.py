@@ -188,3 +188,30 @@ def test_the_quickstart_trains_the_tiny_config():
     assert result.returncode == 0
     [line] = result.stdout.splitlines()
     assert line.endswith("-m trainer.train --config configs/tiny.yaml data.path=tinyshakespeare")
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_a_worker_that_fails_after_its_run_ended_is_not_a_failure(tmp_path, ended):
+    """gloo's teardown can abort a process at exit after a run that finished: that must not restart it. A worker
+    that aborts before it marked its run as ended is a failure (exit 1: the launcher restarts)."""
+    import os
+    import sys
+
+    worker = tmp_path / "worker.py"
+    mark = "from trainer.elastic import mark_done; mark_done(); " if ended else ""
+    worker.write_text(f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); {mark}os.abort()\n")
+    done = tmp_path / "done"
+    done.mkdir()
+    command = [sys.executable, "-m", "trainer.elastic", "torchrun", "--standalone", "--nproc_per_node", "1"]
+    result = subprocess.run(
+        [*command, "--max-restarts", "0", str(worker)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHARLSTM_DONE_DIR": str(done)},
+        timeout=120,
+    )
+    assert result.returncode == (0 if ended else 1), result.stderr
+    line = one_line_error(result.stderr) if ended else result.stderr.strip().splitlines()[-1]
+    assert ("ended its run, then failed on the way out" in line) == ended and "SIGABRT" in line
+    assert "Traceback" not in result.stderr

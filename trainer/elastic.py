@@ -13,9 +13,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 
 USER_ERROR_FILE = "CHARLSTM_USER_ERROR_FILE"  # where a worker that hit a user's error writes its line
+DONE_DIR = "CHARLSTM_DONE_DIR"  # where each worker marks that its training ended (done, or stopped and saved)
+
+
+def mark_done() -> None:
+    """Called by a worker once its run has ended and ckpt.pt holds it: a crash after this point (gloo's teardown
+    can abort a process at exit) must not restart a finished run."""
+    folder = os.environ.get(DONE_DIR)
+    if folder:
+        with open(os.path.join(folder, f"rank-{os.environ.get('RANK', '0')}"), "w"):
+            pass
+
+
+def ended_before_failing(failures: dict) -> bool:
+    folder = os.environ.get(DONE_DIR)
+    return bool(folder) and all(os.path.exists(os.path.join(folder, f"rank-{rank}")) for rank in failures)
 
 
 def quiet_torchelastic() -> None:
@@ -54,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         if marker and os.path.exists(marker):
             return 2  # the workers have said it
         rank, failure = e.get_first_failure()
-        print(f"charlstm: worker {rank} on {failure.hostname} failed ({describe(failure.exitcode)})", file=sys.stderr)
+        if ended_before_failing(e.failures):
+            print(
+                f"charlstm: worker {rank} on {socket.gethostname()} ended its run, then failed on the way out "
+                f"({describe(failure.exitcode)}); the run is complete",
+                file=sys.stderr,
+            )
+            return 0
+        host = socket.gethostname()
+        print(f"charlstm: worker {rank} on {host} failed ({describe(failure.exitcode)})", file=sys.stderr)
         return 1
     except SignalException as e:
         return 128 + e.sigval

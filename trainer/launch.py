@@ -42,7 +42,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.elastic import USER_ERROR_FILE
+from trainer.elastic import DONE_DIR, USER_ERROR_FILE
 from trainer.launch_plan import LaunchError, Plan, plan
 from trainer.supervise import DEFAULT_STOP_GRACE, run_supervised
 
@@ -101,8 +101,11 @@ def run_with_restarts(chosen: Plan, grace: float) -> int:
     """Run the plan; when a worker died (status 1 from trainer.elastic), start the workers again, up to
     MAX_RESTARTS times: they resume from ckpt.pt. A user's error (2), a stop (a signal) or success end it."""
     with tempfile.TemporaryDirectory(prefix="charlstm-launch-") as folder:
-        env = {**chosen.env, USER_ERROR_FILE: str(Path(folder) / "user_error")}
+        done = Path(folder) / "done"
+        env = {**chosen.env, USER_ERROR_FILE: str(Path(folder) / "user_error"), DONE_DIR: str(done)}
         for attempt in range(chosen.restarts + 1):
+            shutil.rmtree(done, ignore_errors=True)
+            done.mkdir()
             status, stopped = run_supervised(chosen.command, env, grace)
             if status != 1 or stopped or chosen.launcher == "python" or attempt == chosen.restarts:
                 return status

@@ -27,7 +27,7 @@ import torch
 
 from trainer.config import Config, load_config
 from trainer.config_docs import help_text
-from trainer.elastic import USER_ERROR_FILE
+from trainer.elastic import USER_ERROR_FILE, mark_done
 from trainer.errors import TrainingError, UserError
 from trainer.plot import plot_losses
 from trainer.processes import node_name
@@ -67,6 +67,7 @@ def train(cfg: Config) -> int:
                 break
     finally:
         meter.close()
+    mark_done()  # ckpt.pt holds the run: a failure from here on is not a reason to run it again
     # All ranks tear the process group down together: a rank that exits while another still writes its
     # checkpoint can abort in gloo's teardown ("terminate called without an active exception"). The main
     # process plots and reports after that, so the other machines need not wait for it.
