@@ -171,13 +171,28 @@ def apply_update(
             )
     else:
         state.bad_steps = 0
-        optimizer.step()
-        if optimizer.step_was_skipped:  # fp16 only: the gradients overflowed, the scaler lowered the scale
+        if step_overflowed(optimizer):  # fp16 only: GradScaler skipped the update and lowered the scale
             log({"step": state.step, "skipped": "fp16 gradient overflow; loss scale lowered"})
         if average is not None:
             average.update(bare, state.step)
         optimizer.zero_grad(set_to_none=True)
     state.step += 1
+
+
+def loss_scale(optimizer: torch.optim.Optimizer) -> float | None:
+    """fp16's loss scale (GradScaler's, through accelerate's optimizer wrapper), or None without one."""
+    scaler = getattr(optimizer, "scaler", None)
+    return scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+
+
+def step_overflowed(optimizer: torch.optim.Optimizer) -> bool:
+    """Take the optimizer step; True when fp16's GradScaler skipped it for overflowed gradients. Read from the
+    scale, which GradScaler lowers exactly then: accelerate's `step_was_skipped` watches whether the optimizer's
+    step ran, and with fused AdamW the scaler skips inside the kernel, so it never says so."""
+    before = loss_scale(optimizer)
+    optimizer.step()
+    after = loss_scale(optimizer)
+    return before is not None and after < before
 
 
 class Budget:
