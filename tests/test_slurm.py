@@ -103,6 +103,7 @@ def slurm(tmp_path_factory):
             time.sleep(0.2)
         yield env
     finally:
+        end_jobs(env)  # a test that failed mid-job leaves its job running: its processes end before the daemons
         for daemon in reversed(daemons):
             daemon.send_signal(signal.SIGTERM)
         for daemon in reversed(daemons):
@@ -111,6 +112,19 @@ def slurm(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
+
+
+def end_jobs(env: dict) -> None:
+    """Cancel every job of the test's cluster and wait (20 s at most) until slurmd has ended their processes."""
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+    if not jobs:
+        return
+    subprocess.run(["scancel", *jobs], env=env, capture_output=True)
+    deadline = time.monotonic() + 20
+    while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 
 
 def example_for_this_node(folder: Path) -> Path:

@@ -126,7 +126,6 @@ class Completion:
         self.choices = [Choice(self, i, prompt_ids) for i in range(request.n)]
         self.notifier = notifier
         self.cancelled = False  # the client went away: the scheduler drops the rows at its next tick
-        self.admitted = False  # its rows have joined the batch
         # the options of the pick, as a key: rows with equal keys are picked in one call
         self.pick_key = (request.top_k, request.temperature, request.top_p)
         self.submitted = time.monotonic()

@@ -108,8 +108,6 @@ class Scheduler:
         if rows:
             self.batch.join(len(rows))
             self.rows.extend(rows)
-            for completion in completions:
-                completion.admitted = True
             self.metrics.prompt_characters.inc(sum(c.prompt_chars * c.request.n for c in completions))
             with self.lock:
                 self._gauges()
