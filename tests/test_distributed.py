@@ -493,6 +493,36 @@ def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_pa
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the run began
 
 
+def test_a_diverged_run_is_not_restarted(data, tmp_path):
+    """NNODES=2 (one process each, over 127.0.0.1) whose loss goes non-finite at once (train.lr=1e37: every step
+    from the first is non-finite on this config): a training error, which a restart from the last checkpoint
+    would meet again, so with restarts allowed (MAX_RESTARTS, 3 by default) nothing is restarted: each node says
+    "10 non-finite steps in a row" in one line, no traceback, exit 2, and the run started once."""
+    diverge = ["train.lr=1e37", "train.min_lr=0", "train.warmup_steps=0"]
+    port, nodes, errs = free_port(), [], []
+    try:
+        for rank in (0, 1):
+            cmd, env = launch_cmd(1, tmp_path / "run", data, *diverge)
+            env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            env |= {"OMP_NUM_THREADS": "1"}
+            env.pop("MAX_RESTARTS", None)  # the default: restarts allowed, and none may happen
+            node, err = start_launch(tmp_path, f"node{rank}", cmd, env)
+            nodes.append(node)
+            errs.append(err)
+        assert [node.wait(timeout=120) for node in nodes] == [2, 2]
+    finally:
+        for node, err in zip(nodes, errs):
+            end_tree(node)
+            err.close()
+    for rank in (0, 1):
+        log = (tmp_path / f"node{rank}.err").read_text()
+        errors = error_lines(tmp_path / f"node{rank}.err")
+        assert len(errors) == 1 and errors[0].startswith("error: 10 non-finite steps in a row at step 10"), log
+        assert "Traceback" not in log and "restarting" not in log and "ChildFailedError" not in log, log
+    assert len(start_events(tmp_path / "run")) == 1  # one launch of the workers: no restart
+    assert not (tmp_path / "run" / "ckpt.pt").exists()  # nothing non-finite was saved
+
+
 # ---------------------------------------------------------------- two hosts on a network, each with its own disk
 
 

@@ -2,8 +2,10 @@
 process so that its outcome is one line and an exit status the launcher can act on, instead of torch's
 ChildFailedError traceback:
   0  every worker finished;
-  2  a user's error (bad config, another text on one machine, ...): the workers said what is wrong, once per
-     machine, and wrote it to $CHARLSTM_USER_ERROR_FILE; nothing is restarted;
+  2  an error a restart would meet again: a user's error (bad config, another text on one machine, a full
+     disk, ...) or a training error (10 non-finite steps in a row, weights not finite at a save, a checkpoint
+     that cannot be written): the workers said what is wrong, once per machine, and wrote it to
+     $CHARLSTM_USER_ERROR_FILE; nothing is restarted;
   1  a worker died or lost a peer: trainer/launch.py restarts the workers (MAX_RESTARTS), which resume.
 torchelastic itself restarts on any failure (it has no error class that is not retried), so it runs with no
 restarts of its own and the launcher decides."""
@@ -16,7 +18,7 @@ import signal
 import socket
 import sys
 
-USER_ERROR_FILE = "CHARLSTM_USER_ERROR_FILE"  # where a worker that hit a user's error writes its line
+USER_ERROR_FILE = "CHARLSTM_USER_ERROR_FILE"  # where a worker writes a user's or training error's line
 DONE_DIR = "CHARLSTM_DONE_DIR"  # where each worker marks that its training ended (done, or stopped and saved)
 
 

@@ -19,7 +19,8 @@ How many processes, and where (a variable you set wins over what a scheduler set
   Precedence: the project's own variables, then PET_*, then SLURM_*. Every launch prints one line saying
   what it chose and from which variables.
   MAX_RESTARTS=N      when a worker dies (OOM killer, a lost machine), restart the workers up to N times;
-                      they resume from ckpt.pt (default 3 for a run of several processes)
+                      they resume from ckpt.pt (default 3 for a run of several processes). A user's error
+                      or a training error (diverged, cannot save) is never restarted: one line, exit 2
   STOP_GRACE=S        seconds the workers get to save after SIGTERM / SIGINT before they are killed
                       (default 30: a process blocked in a collective never sees the signal)
 Other variables: PYTHON (launch.sh: default .venv/bin/python if present, else python3); OMP_NUM_THREADS
@@ -99,7 +100,8 @@ def launch(args: list[str], dry_run: bool = False) -> int:
 
 def run_with_restarts(chosen: Plan, grace: float) -> int:
     """Run the plan; when a worker died (status 1 from trainer.elastic), start the workers again, up to
-    MAX_RESTARTS times: they resume from ckpt.pt. A user's error (2), a stop (a signal) or success end it."""
+    MAX_RESTARTS times: they resume from ckpt.pt. A user's or a training error (2: a restart would meet it
+    again), a stop (a signal) or success end it."""
     with tempfile.TemporaryDirectory(prefix="charlstm-launch-") as folder:
         done = Path(folder) / "done"
         env = {**chosen.env, USER_ERROR_FILE: str(Path(folder) / "user_error"), DONE_DIR: str(done)}

@@ -257,10 +257,12 @@ def speaks() -> bool:
 
 
 def report_error(error: UserError | TrainingError) -> int:
-    """One line, and the exit status: 2 for the user's error (which the launcher never restarts), else 1."""
+    """One line, and the exit status: 2 for the user's error, 1 for a training error. The launcher restarts
+    neither: resumed from the last checkpoint, a run that diverged or could not save would most likely fail the
+    same way, so both write the marker that trainer/elastic.py turns into exit 2 and no restart."""
     if speaks():
         print(f"error: {error}", file=sys.stderr)
-    if isinstance(error, UserError) and os.environ.get(USER_ERROR_FILE):
+    if os.environ.get(USER_ERROR_FILE):
         Path(os.environ[USER_ERROR_FILE]).write_text(f"{error}\n")  # for trainer/elastic.py: no restart
     return 2 if isinstance(error, UserError) else 1
 
