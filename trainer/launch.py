@@ -24,7 +24,9 @@ How many processes, and where (a variable you set wins over what a scheduler set
   STOP_GRACE=S        seconds the workers get to save after SIGTERM / SIGINT before they are killed
                       (default 30: a process blocked in a collective never sees the signal)
 Other variables: PYTHON (launch.sh: default .venv/bin/python if present, else python3); OMP_NUM_THREADS
-(threads per process; on a CPU machine the default shares the cores out: 2 processes on 16 cores get 8 each).
+(threads per process; on a CPU machine the default shares the cores out: 2 processes on 16 cores get 8 each);
+TORCH_NCCL_ASYNC_ERROR_HANDLING (with GPUs the default is 2, so that a lost peer ends in one line: see
+trainer/peers.py).
 
 Before a run of several processes, each machine encodes the corpus into its id cache (python -m trainer.data),
 so that no process waits for a long first encode inside a collective (train.collective_timeout bounds those).

@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from trainer.peers import process_group_env
+
 DEFAULT_PORT = 29500  # torchrun's and accelerate's default rendezvous port
 SLURM_PORTS = (15000, 15000)  # a SLURM job's port: 15000 + job id mod 15000, below Linux's ephemeral range
 BATCH_STEP = "4294967294"  # SLURM_STEP_ID of an sbatch script's own step (not an srun step)
@@ -165,7 +167,10 @@ def plan(environ: Mapping[str, str], gpus: int, cores: int, args: list[str], pyt
             command += ["--num_machines", str(nnodes), "--machine_rank", str(rank)]
             command += ["--main_process_ip", address, "--main_process_port", str(port)]
         choice = f"accelerate launch, {where}, one per GPU (NCCL)"
-        return Plan(command + train, {}, "accelerate", nproc, nnodes, rank, restarts, encode, choice + _from(sources))
+        # torchelastic gives its workers TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (abort the process on a timeout) unless
+        # it has the variable itself: set 2 here, so that a lost peer ends in one line (trainer/peers.py)
+        env = process_group_env(environ, "cuda")
+        return Plan(command + train, env, "accelerate", nproc, nnodes, rank, restarts, encode, choice + _from(sources))
     env = {}
     if not environ.get("OMP_NUM_THREADS"):
         # torchrun would give every process 1 thread: share the cores out (never more threads than cores)

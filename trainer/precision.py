@@ -13,6 +13,7 @@ the bf16 LSTM ("could not create a primitive descriptor"), so an explicit `bf16`
 from __future__ import annotations
 
 import functools
+import os
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ import torch
 
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.peers import process_group_env
 from trainer.processes import join_process_group
 
 
@@ -93,6 +95,9 @@ def make_accelerator(cfg: Config, trackers: list[str] | None = None):
     AcceleratorState._reset_state(reset_partial_state=True)
     # cpu=True on a CPU-only machine: that is what makes accelerate join a torchrun process group (gloo)
     timeout = timedelta(seconds=cfg.train.collective_timeout)
+    # on CUDA, before NCCL's process group reads it: a timed-out collective leaves this process alive to say so
+    # in one line (trainer/peers.py); the user's own setting wins
+    os.environ.update(process_group_env(os.environ, device))
     join_process_group(timeout)
     accelerator = Accelerator(
         mixed_precision=precision.mode,

@@ -26,6 +26,7 @@ from trainer.errors import TrainingError, UserError
 from trainer.evaluate import choose_prime, evaluate_loss, sample_text
 from trainer.files import lock_out_dir, remove_stale_temps
 from trainer.model import CharLSTM
+from trainer.peers import check_peers
 from trainer.precision import Precision, make_accelerator
 from trainer.processes import together
 from trainer.regularize import WeightAverage
@@ -187,6 +188,8 @@ class Run:
 
     def save(self, path: Path, val_loss: float | None) -> None:
         ckpt = self.state_dict(val_loss)  # collective: every process takes part
+        # state_dict's .cpu() waited for the gather; one that NCCL aborted returned garbage, never to be written
+        check_peers(self.accelerator)
         if not all(torch.isfinite(p).all() for p in self.bare.parameters()):  # the same on every process
             raise TrainingError("the weights are not finite; refusing to write a checkpoint")
         if not self.is_main:
@@ -200,6 +203,7 @@ class Run:
         """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt."""
         clock = time.monotonic()
         val, chars = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
+        check_peers(self.accelerator)  # a loss reduced by an aborted NCCL collective is garbage: not logged, not best
         event = {"step": self.state.step, "val_loss": val, "val_bpc": val / LN2, "val_chars": chars}
         event |= {"val_seconds": time.monotonic() - clock, "train_seconds": self.state.train_seconds}
         self.last_sample = ""

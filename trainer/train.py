@@ -29,6 +29,7 @@ from trainer.config import Config, load_config
 from trainer.config_docs import help_text
 from trainer.elastic import USER_ERROR_FILE, mark_done
 from trainer.errors import TrainingError, UserError
+from trainer.peers import PeerError
 from trainer.plot import plot_losses
 from trainer.processes import node_name
 from trainer.run import LN2, Run
@@ -204,13 +205,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def collective_failure(error: BaseException, timeout: float) -> str | None:
     """One line for an error of the process group (another process hung, was stopped or vanished), or None
-    for any other error. gloo raises it in the process that waited; NCCL's watchdog aborts such a process."""
+    for any other error. gloo raises it in the process that waited; on NCCL, trainer/peers.py raises PeerError
+    once the watchdog has found it (the watchdog then leaves the process alive: TORCH_NCCL_ASYNC_ERROR_HANDLING=2)."""
     text = str(error).strip()
-    if not isinstance(error, torch.distributed.DistError) and not (isinstance(error, RuntimeError) and "gloo" in text):
+    if isinstance(error, PeerError):
+        detail, timed_out = text, error.timed_out
+    elif isinstance(error, torch.distributed.DistError) or (isinstance(error, RuntimeError) and "gloo" in text):
+        first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]) if text else type(error).__name__  # no path
+        detail = first.split(". ")[0][:160]
+        # gloo: "Timed out waiting 300000ms for recv operation to complete"; NCCL, where a wait raises: "Watchdog
+        # caught collective operation timeout: WorkNCCL(...) ran for 300000 milliseconds before timing out"
+        timed_out = "timed out waiting" in text.lower() or "collective operation timeout" in text.lower()
+    else:
         return None
-    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]) if text else type(error).__name__  # no source path
-    detail = first.split(". ")[0][:160]
-    if "timed out waiting" in text.lower():  # gloo: "Timed out waiting 300000ms for recv operation to complete"
+    if timed_out:
         why = f"waited train.collective_timeout={timeout:g} s for another process in a collective"
     else:
         why = "lost another process in a collective"
