@@ -6,7 +6,8 @@ at its stage's end is killed with its process group, the stage is failed with wh
   env     GPU, driver, CUDA, cuDNN, NCCL, the TF32 flags, which packages import (a missing one fails the stage)
   tests   the CUDA-only tests (pytest -m cuda); a missing pytest is a failure, not a skip
   export  a 30-step GPU run exported to ONNX, verified on the CPU runtime, sampled with --device cpu
-  sweep   2 x 512 at T=100 and 3 x 1024 at T=256, per-GPU batch 64..512, TF32 / fp16 / bf16 (bench/gpu_sweep.py)
+  sweep   the trainer's step beside the bare one (bench/gpu_trainer_step.py), then 2 x 512 at T=100 and
+          3 x 1024 at T=256, per-GPU batch 64..512, TF32 / fp16 / bf16 (bench/gpu_sweep.py)
   smoke   20-step runs: weight drop, locked dropout, grad_accum=2, a bitwise stop and resume (bench/gpu_smoke.py)
   recipe  configs/shakespeare.yaml cut to 60 s
 Log: OUT_DIR/gpu_check.log; every figure: OUT_DIR/gpu_check.json (rewritten after each stage).

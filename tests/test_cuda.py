@@ -51,3 +51,42 @@ def test_trains_on_the_gpu(corpus_100k, tmp_path, precision):
     assert run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path}", f"train.mixed_precision={precision}") == 0
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
     assert ckpt["step"] == 40 and math.isfinite(ckpt["val_loss"]) and ckpt["val_loss"] < 4.0
+
+
+def test_a_step_never_waits_on_the_host_but_in_host_read(corpus_100k, tmp_path):
+    """After warm-up steps, steps with every option that draws or copies on, under
+    torch.cuda.set_sync_debug_mode("error"): any wait of the host for the device other than host_read's (a
+    pageable copy, an .item(), a flag built on the host) raises."""
+    from helpers import EMPTY_CONFIG, TINY
+
+    from trainer.config import load_config
+    from trainer.run import Run
+    from trainer.step import Budget, StopFlags
+    from trainer.train import take_step
+
+    overrides = ["train.input_noise=0.1", "train.state_reset=0.3", "model.weight_drop=0.2", "train.ema_decay=0.9"]
+    overrides += ["train.grad_accum=2", "train.activation_reg=0.1", "train.mixed_precision=bf16"]
+    cfg = load_config(EMPTY_CONFIG, [*TINY, f"data.path={corpus_100k}", f"out_dir={tmp_path}", *overrides])
+    run = Run.start(cfg)
+    stop, budget = StopFlags(), Budget(cfg, run.accelerator, run.log, run.say)
+    try:
+        for _ in range(3):
+            take_step(run, stop, budget)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        for _ in range(5):
+            take_step(run, stop, budget)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        run.feeder.close()
+    assert run.state.step == 8
+
+
+def test_dropout_masks_are_the_same_on_the_gpu_and_the_cpu():
+    """The masks are a hash computed with integer operations: the device changes no bit."""
+    from trainer.config import load_config
+    from trainer.regularize import dropout_masks
+
+    cfg = load_config(None, ["model.hidden=64", "model.layers=3", "model.dropout=0.4", "train.seq_len=50"])
+    cpu = dropout_masks(cfg, 11, 3, 19, torch.device("cpu"))
+    assert torch.equal(dropout_masks(cfg, 11, 3, 19, torch.device("cuda")).cpu(), cpu)

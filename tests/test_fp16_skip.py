@@ -33,13 +33,13 @@ def test_an_overflow_is_a_skip_and_a_finite_step_is_not():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     optimizer = FusedLikeOptimizer(torch.optim.AdamW([weight], lr=0.1), scaler)
     scaler.scale((weight * 2).sum()).backward()
-    assert step_overflowed(optimizer) is False and not torch.equal(weight.detach(), torch.ones(4))
+    assert step_overflowed(optimizer, TrainState()) is False and not torch.equal(weight.detach(), torch.ones(4))
     optimizer.zero_grad()
     before = weight.detach().clone()
     scaler.scale((weight * 1e38).sum() * 1e38).backward()  # inf gradients
-    assert step_overflowed(optimizer) is True
+    assert step_overflowed(optimizer, TrainState()) is True
     assert torch.equal(weight.detach(), before) and scaler.get_scale() < 1024.0  # skipped, scale lowered
-    assert step_overflowed(torch.optim.SGD([weight], lr=0.1)) is False  # no scaler: never a skip
+    assert step_overflowed(torch.optim.SGD([weight], lr=0.1), TrainState()) is False  # no scaler: never a skip
 
 
 def test_apply_update_logs_the_skip():
@@ -52,3 +52,22 @@ def test_apply_update_logs_the_skip():
     verdict = Verdict(non_finite=False, signalled=False, out_of_time=False, plan_now=False)
     apply_update(verdict, state, optimizer=optimizer, precision_mode="fp16", average=None, bare=None, log=events.append)
     assert events == [{"step": 7, "skipped": "fp16 gradient overflow; loss scale lowered"}] and state.step == 8
+
+
+def test_the_scale_is_read_again_after_a_non_finite_skip():
+    """The scale before a step is the one read after the last (one read of the device per step); a non-finite
+    step, which lets the scaler lower the scale too, must not leave the old figure behind: the next good step
+    would be logged as an overflow."""
+    weight = torch.nn.Parameter(torch.ones(4))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer = FusedLikeOptimizer(torch.optim.AdamW([weight], lr=0.1), scaler)
+    events: list[dict] = []
+    state = TrainState(step=0, h=torch.zeros(1, 1, 1), c=torch.zeros(1, 1, 1))
+    good = Verdict(non_finite=False, signalled=False, out_of_time=False, plan_now=False)
+    for gradient, verdict in [(2.0, good), (float("inf"), good._replace(non_finite=True)), (2.0, good)]:
+        scaler.scale((weight * gradient).sum()).backward()
+        apply_update(
+            verdict, state, optimizer=optimizer, precision_mode="fp16", average=None, bare=None, log=events.append
+        )
+    assert scaler.get_scale() < 1024.0  # the skipped step lowered it
+    assert events == [{"step": 1, "skipped": "non-finite loss or gradient norm"}] and state.step == 3

@@ -49,6 +49,9 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(cells) == len(gpu_sweep.cells(dry_run=True)) and all(c["chars_per_s"] > 0 for c in cells)
     assert {(c["shape"], c["batch"]) for c in cells} == {(s, b) for s in gpu_sweep.DRY_SHAPES for b in [2, 4]}
     assert all(c["busy"] is None and c["peak_mib"] is None for c in cells)  # the CPU has no kernels to time
+    trainer_step = stages["sweep"]["trainer_step"]  # the trainer's own step beside the bare one
+    assert trainer_step["trainer"]["chars_per_s"] > 0 and trainer_step["bare"]["chars_per_s"] > 0
+    assert trainer_step["trainer_vs_bare"] > 0
     smoke = stages["smoke"]
     assert all(smoke[run]["ok"] for run in smoke_runs())
     assert smoke["resume"]["bitwise"] is True and smoke["resume"]["resumed_from"] == [None, 10]

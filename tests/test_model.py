@@ -35,6 +35,20 @@ def test_dropout_masks_are_applied_between_layers_and_before_the_head():
         torch.testing.assert_close(dropped, model.head.bias.expand_as(dropped))
 
 
+def test_bool_dropout_masks_keep_and_scale_by_one_over_one_minus_p():
+    """The trainer's masks are bools (True keeps): a kept unit is scaled by 1/(1-p), as with the multiplier
+    masks, and a dropped one is 0."""
+    torch.manual_seed(0)
+    model = CharLSTM(vocab_size=10, embed=4, hidden=8, layers=2, dropout=0.25).train()
+    tokens = torch.randint(0, 10, (3, 6))
+    keep = torch.rand(2, 3, 6, 8) > 0.25
+    with torch.no_grad():
+        from_bools, _ = model(tokens, None, keep)
+        from_multipliers, _ = model(tokens, None, keep.float() / 0.75)
+        torch.testing.assert_close(from_bools, from_multipliers, rtol=0, atol=0)
+        assert not torch.allclose(from_bools, model(tokens, None, torch.ones(2, 3, 6, 8))[0])  # the scale counts
+
+
 def test_weight_drop_masks_the_recurrent_matrices_in_training_only():
     torch.manual_seed(0)
     model = CharLSTM(vocab_size=10, embed=4, hidden=8, layers=2, dropout=0.0, weight_drop=0.5)

@@ -67,7 +67,8 @@ class CharLSTM(nn.Module):
         with_top: bool = False,
     ) -> tuple[Tensor, State] | tuple[Tensor, State, Tensor]:
         """tokens (B, T) int64; state (h, c) (L, B, H) or None for zeros; dropout_masks (L, B, T or 1, H)
-        with entries 0 or 1/(1-p), one per dropout site (after each layer), or None to draw them here;
+        one per dropout site (after each layer), bool (True keeps a unit, scaled by 1/(1-p)) or multipliers in
+        any float dtype, or None to draw them here;
         weight_masks (L, 4H, H), the same for the recurrent matrices (weight drop), or None to draw them.
         Returns logits (B, T, V) and the state after the last character; with_top adds the last layer's
         output before dropout (B, T, H), which the trainer's activation penalties act on."""
@@ -105,7 +106,10 @@ class CharLSTM(nn.Module):
             return x
         if masks is None:
             return F.dropout(x, self.dropout, training=True)
-        return x * masks[site].to(x.dtype)
+        mask = masks[site]
+        if mask.dtype == torch.bool:  # keep-masks: backward keeps the bools, not a float copy
+            return torch.where(mask, x * (1.0 / (1.0 - self.dropout)), 0.0)
+        return x * mask.to(x.dtype)  # multipliers
 
     # ------------------------------------------------------------ single step (inference)
 

@@ -1,14 +1,16 @@
 """Everything random or regularizing in training, keyed by (seed, step, stream).
 
 No random generator state is carried from step to step: every draw comes from a generator seeded by
-`stream_seed(seed, step, stream, purpose)`. So a stream's dropout mask, reset or noise is the same
-whichever process owns the stream (N processes compute what one computes), and a resumed run draws what
-the uninterrupted run drew (exact resume without saving RNG state).
+`stream_seed(seed, step, stream, purpose)`, or for dropout from a counter-based hash of (seed, step, stream,
+layer, position). So a stream's dropout mask, reset or noise is the same whichever process owns the stream
+(N processes compute what one computes), and a resumed run draws what the uninterrupted run drew (exact resume
+without saving RNG state).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from enum import Enum
 
 import torch
@@ -27,10 +29,10 @@ class Purpose(Enum):
     NOISE = "noise"
 
 
-# The key each purpose adds to (seed, step, stream), all in one place. Dropout and weight drop share the empty
-# key (they predate the others, and changing a key would change every run's draws): weight drop is told apart
-# by its stream, ALL_STREAMS, which no stream has.
-PURPOSE_KEYS = {Purpose.DROPOUT: "", Purpose.WEIGHT_DROP: "", Purpose.RESET: "reset", Purpose.NOISE: "noise"}
+# The key each purpose adds to (seed, step, stream), all in one place. Weight drop has the empty key (it predates
+# the others, and changing a key would change every run's draws).
+PURPOSE_KEYS = {Purpose.DROPOUT: "dropout", Purpose.WEIGHT_DROP: "", Purpose.RESET: "reset", Purpose.NOISE: "noise"}
+MASK32 = 0xFFFFFFFF
 
 
 def stream_seed(seed: int, step: int, stream: int, purpose: Purpose) -> int:
@@ -43,17 +45,40 @@ def _generator(seed: int, step: int, stream: int, purpose: Purpose, device: torc
     return torch.Generator(device=device).manual_seed(stream_seed(seed, step, stream, purpose))
 
 
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash of an int64 tensor holding values in [0, 2^32): Wellons' lowbias32 with the
+    multipliers found for it by the hash prospector, both below 2^31 so that no int64 product overflows. A
+    bijection of [0, 2^32) whose output bits each depend on every input bit."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & MASK32
+    return x ^ (x >> 15)
+
+
 def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.device) -> torch.Tensor | None:
-    """Keep-masks (L, b, T, H) for streams [first, last), entries 0 or 1/(1-p); T = 1 with locked dropout
-    (one mask shared by the window's T steps). None when dropout is off."""
+    """Keep-masks (L, b, T, H) bool for streams [first, last): True keeps a unit, which the model scales by
+    1/(1-p); T = 1 with locked dropout (one mask for the window's T steps). None when dropout is off.
+
+    One draw for all of the process's streams, with no generator and nothing copied from the host: each entry
+    is a hash of (seed, step, stream, layer, position) made on the device, kept where it is at least p * 2^32.
+    A stream's mask is the same on any process and on any device."""
     p = cfg.model.dropout
     if p == 0.0:
         return None
-    shape = (cfg.model.layers, 1 if cfg.model.locked_dropout else cfg.train.seq_len, cfg.model.hidden)
-    noise = torch.empty((last - first, *shape), device=device)  # (b, L, T, H)
-    for i, stream in enumerate(range(first, last)):
-        noise[i].uniform_(generator=_generator(cfg.train.seed, step, stream, Purpose.DROPOUT, device))
-    return ((noise >= p) * (1.0 / (1.0 - p))).transpose(0, 1)  # uniform_: cheaper than bernoulli_ on a CPU
+    layers, hidden = cfg.model.layers, cfg.model.hidden
+    steps = 1 if cfg.model.locked_dropout else cfg.train.seq_len
+    key = stream_seed(cfg.train.seed, step, ALL_STREAMS, Purpose.DROPOUT)  # (seed, step): 63 bits
+    streams = torch.arange(first, last, device=device)  # (b,)
+    stream_keys = mix32(mix32(streams ^ (key & MASK32)) ^ (key >> 32))  # (b,)
+    positions = mix32(torch.arange(steps * hidden, device=device))  # (T*H,)
+    threshold = math.ceil(p * 2**32)
+    masks = torch.empty((layers, last - first, steps, hidden), dtype=torch.bool, device=device)
+    for layer in range(layers):  # a layer at a time: the int64 work stays (b, T*H)
+        layer_keys = mix32(stream_keys ^ mix32(torch.full_like(stream_keys, layer)))  # (b,)
+        draws = mix32(positions[None, :] ^ layer_keys[:, None])  # (b, T*H), uniform on [0, 2^32)
+        masks[layer] = (draws >= threshold).view(last - first, steps, hidden)
+    return masks
 
 
 def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor | None:

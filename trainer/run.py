@@ -22,6 +22,7 @@ from trainer.checkpoint import FORMAT, Checkpoint, save_checkpoint
 from trainer.config import Config, save_config
 from trainer.config_checks import check_processes
 from trainer.data import Corpus, EvalStreams, TrainStreams, split
+from trainer.data.feeder import WindowFeeder
 from trainer.errors import TrainingError, UserError
 from trainer.evaluate import choose_prime, evaluate_loss, sample_text
 from trainer.files import lock_out_dir, remove_stale_temps
@@ -63,6 +64,7 @@ class Run:
     corpus: Corpus
     streams: TrainStreams  # the training split as B streams
     evals: EvalStreams  # the validation split as B streams
+    feeder: WindowFeeder  # this process's training windows on the device, one step prepared ahead
     model: torch.nn.Module  # what trains: DDP-wrapped on several processes
     bare: CharLSTM  # the same weights, unwrapped
     average: WeightAverage | None  # train.ema_decay: what gets evaluated, saved as `model` and exported
@@ -123,6 +125,9 @@ class Run:
             corpus=corpus,
             streams=streams,
             evals=evals,
+            feeder=WindowFeeder(
+                streams, cfg, rank * local_batch, (rank + 1) * local_batch, len(corpus.vocab), accelerator.device
+            ),
             model=wrapped,
             bare=accelerator.unwrap_model(wrapped),
             average=average,

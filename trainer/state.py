@@ -25,6 +25,7 @@ class TrainState:
     max_steps: int | None = None  # the plan: the total; None until train.max_steps=auto has timed the first steps
     resumed_from: int | None = None  # the step of the checkpoint this process started from
     train_seconds: float = 0.0  # wall-clock seconds of training steps so far, evaluations and saves not counted
+    loss_scale: float | None = None  # fp16: GradScaler's scale after the last step (not saved: read again)
 
     def state_dict(self, gather: Callable[[Tensor], Tensor]) -> dict:
         """The checkpoint's keys for this state. `gather` takes each process's (b, L, H) to the (B, L, H) of

@@ -15,16 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import Config
-from trainer.data import TrainStreams
+from trainer.data.feeder import Window
 from trainer.errors import TrainingError
-from trainer.regularize import (
-    WeightAverage,
-    activation_penalty,
-    dropout_masks,
-    noisy_inputs,
-    state_resets,
-    weight_masks,
-)
+from trainer.host_sync import host_read, to_device
+from trainer.peers import check_peers
+from trainer.regularize import WeightAverage, activation_penalty, dropout_masks, weight_masks
 from trainer.state import TrainState
 
 MAX_BAD_STEPS = 10  # this many non-finite steps in a row stop the run
@@ -45,30 +40,19 @@ def lr_at(step: int, cfg: Config, max_steps: int | None) -> float:
 
 
 def compute_gradients(
-    state: TrainState,
-    *,
-    cfg: Config,
-    model: torch.nn.Module,
-    accelerator,
-    streams: TrainStreams,
-    first: int,
-    last: int,
-    vocab_size: int,
+    state: TrainState, window: Window, *, cfg: Config, model: torch.nn.Module, accelerator, first: int, last: int
 ) -> torch.Tensor:
-    """Forward and backward of this step's window over this process's streams [first, last), in
-    train.grad_accum micro-batches. Returns the mean cross-entropy (the reported loss); writes state.h and
-    state.c (the carried state, one window on), nothing else."""
+    """Forward and backward of this step's window (trainer/data/feeder.py: on the device, noised, its resets
+    drawn) over this process's streams [first, last), in train.grad_accum micro-batches. Returns the mean
+    cross-entropy (the reported loss), still on the device; writes state.h and state.c (the carried state, one
+    window on), nothing else."""
     step, device = state.step, accelerator.device
     t = cfg.train
-    if streams.starts_epoch(step):
+    if window.epoch_start:
         state.h, state.c = torch.zeros_like(state.h), torch.zeros_like(state.c)
-    elif (resets := state_resets(cfg, step, first, last)) is not None and resets.any():
-        keep = (~resets).to(device=device, dtype=state.h.dtype)[None, :, None]  # (1, b, 1)
-        state.h, state.c = state.h * keep, state.c * keep
-    x, y = streams.window(step, first, last)  # (b, T) each
-    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    x = noisy_inputs(cfg, step, first, x, vocab_size)
-    masks = dropout_masks(cfg, step, first, last, device)  # (L, b, T, H) or None
+    elif window.keep is not None:  # (1, b, 1): 0 for the streams that start this window from a zero state
+        state.h, state.c = state.h * window.keep, state.c * window.keep
+    masks = dropout_masks(cfg, step, first, last, device)  # (L, b, T, H) bool or None
     w_masks = weight_masks(cfg, step, device)  # (L, 4H, H) or None
     penalized = t.activation_reg > 0 or t.temporal_reg > 0
     micro = (last - first) // t.grad_accum
@@ -80,8 +64,8 @@ def compute_gradients(
         with nullcontext() if last_part else accelerator.no_sync(model):
             part_state = (state.h[:, part], state.c[:, part])
             part_masks = None if masks is None else masks[:, part]
-            logits, (h, c), top = model(x[part], part_state, part_masks, w_masks, with_top=True)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y[part].flatten())
+            logits, (h, c), top = model(window.x[part], part_state, part_masks, w_masks, with_top=True)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), window.y[part].flatten())
             objective = loss + activation_penalty(cfg, top) if penalized else loss
             accelerator.backward(objective / t.grad_accum)
         step_loss += loss.detach() / t.grad_accum
@@ -125,24 +109,23 @@ def agree(
     accelerator,
     precision_mode: str,
 ) -> Verdict:
-    """Clip the gradients and take the verdict of all processes: one small all-reduce per step. Writes no
-    train state (the budget may start its clock)."""
+    """Clip the gradients and take the verdict of all processes: one small all-reduce per step, and the step's
+    one read of the device (host_read). Writes no train state (the budget may start its clock)."""
     t, device = cfg.train, accelerator.device
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
     # fp16: GradScaler itself skips a step whose gradients overflowed (and lowers the scale), so only a
     # non-finite loss counts as bad there; otherwise a non-finite gradient norm does too.
     finite = torch.isfinite(step_loss) & (torch.isfinite(grad_norm) | (precision_mode == "fp16"))
-    flags = torch.stack(
-        [
-            (~finite).float(),
-            torch.tensor(float(stop.signal_name is not None), device=device),
-            torch.tensor(float(accelerator.is_main_process and budget.spent()), device=device),
-            torch.tensor(float(budget.ready_to_plan(state)), device=device),
-        ]
-    )
-    if accelerator.num_processes > 1:
-        flags = accelerator.reduce(flags, reduction="sum")
-    return Verdict(*(bool(flag > 0) for flag in flags.tolist()))
+    flags = (~finite).float().reshape(1)  # on the device
+    # what the host knows (a signal, the main process's clock, the plan)
+    known = [float(stop.signal_name is not None), float(accelerator.is_main_process and budget.spent())]
+    known.append(float(budget.ready_to_plan(state)))
+    if accelerator.num_processes > 1:  # every process must take the same decisions: one all-reduce of all four
+        flags = accelerator.reduce(torch.cat([flags, to_device(known, device)]), reduction="sum")
+        agreed = host_read(flags)
+        check_peers(accelerator)  # an all-reduce that NCCL aborted returned garbage: no decision on it
+        return Verdict(*(flag > 0 for flag in agreed))
+    return Verdict(host_read(flags)[0] > 0, *(flag > 0 for flag in known))
 
 
 def apply_update(
@@ -156,10 +139,11 @@ def apply_update(
     log: Callable[[dict], None],
 ) -> None:
     """The optimizer step and the weight average, or, for a non-finite step, a skip that zeroes the state.
-    Writes state.step (one on), state.bad_steps, and on a skip state.h and state.c."""
+    Writes state.step (one on), state.bad_steps, state.loss_scale, and on a skip state.h and state.c."""
     if verdict.non_finite:
         if precision_mode == "fp16":
             optimizer.step()  # lets the scaler close this iteration (it skips the update)
+            state.loss_scale = None  # it lowered the scale: read it again before the next step
         optimizer.zero_grad(set_to_none=True)
         state.h, state.c = torch.zeros_like(state.h), torch.zeros_like(state.c)  # the state went bad with the loss
         state.bad_steps += 1
@@ -171,7 +155,7 @@ def apply_update(
             )
     else:
         state.bad_steps = 0
-        if step_overflowed(optimizer):  # fp16 only: GradScaler skipped the update and lowered the scale
+        if step_overflowed(optimizer, state):  # fp16 only: GradScaler skipped the update and lowered the scale
             log({"step": state.step, "skipped": "fp16 gradient overflow; loss scale lowered"})
         if average is not None:
             average.update(bare, state.step)
@@ -185,14 +169,16 @@ def loss_scale(optimizer: torch.optim.Optimizer) -> float | None:
     return scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
 
 
-def step_overflowed(optimizer: torch.optim.Optimizer) -> bool:
+def step_overflowed(optimizer: torch.optim.Optimizer, state: TrainState) -> bool:
     """Take the optimizer step; True when fp16's GradScaler skipped it for overflowed gradients. Read from the
     scale, which GradScaler lowers exactly then: accelerate's `step_was_skipped` watches whether the optimizer's
-    step ran, and with fused AdamW the scaler skips inside the kernel, so it never says so."""
-    before = loss_scale(optimizer)
+    step ran, and with fused AdamW the scaler skips inside the kernel, so it never says so. The scale before the
+    step is the one read after the previous step (state.loss_scale): one read of the device per step. Writes
+    state.loss_scale."""
+    before = state.loss_scale if state.loss_scale is not None else loss_scale(optimizer)
     optimizer.step()
-    after = loss_scale(optimizer)
-    return before is not None and after < before
+    state.loss_scale = loss_scale(optimizer)
+    return before is not None and state.loss_scale < before
 
 
 class Budget:

@@ -68,6 +68,7 @@ def train(cfg: Config) -> int:
                 break
     finally:
         meter.close()
+        run.feeder.close()
     mark_done()  # ckpt.pt holds the run: a failure from here on is not a reason to run it again
     # All ranks tear the process group down together: a rank that exits while another still writes its
     # checkpoint can abort in gloo's teardown ("terminate called without an active exception"). The main
@@ -84,9 +85,9 @@ def take_step(run: Run, stop: StopFlags, budget: Budget) -> tuple[torch.Tensor, 
     state, cfg, mode = run.state, run.cfg, run.precision.mode
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(state.step, cfg, state.max_steps)
-    shard = {"first": run.first, "last": run.last, "vocab_size": len(run.corpus.vocab)}
+    window = run.feeder.window(state.step)  # on the device; the next one is being prepared
     step_loss = compute_gradients(
-        state, cfg=cfg, model=run.model, accelerator=run.accelerator, streams=run.streams, **shard
+        state, window, cfg=cfg, model=run.model, accelerator=run.accelerator, first=run.first, last=run.last
     )
     verdict = agree(
         step_loss, stop, budget, state, cfg=cfg, model=run.model, accelerator=run.accelerator, precision_mode=mode
