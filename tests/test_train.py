@@ -288,6 +288,54 @@ def test_non_finite_steps_are_skipped_then_stop(tiny_run, corpus_100k, tmp_path,
 
 
 @pytest.mark.parametrize(
+    ("scale", "overrides", "fault"),
+    [
+        (1e30, [], "(the sample met non-finite probabilities)"),
+        (1e36, ["train.sample_chars=0"], "(the validation loss is inf)"),
+    ],
+    ids=["sample", "validation_loss"],
+)
+def test_a_model_whose_predictions_are_not_finite_ends_the_run(
+    scale, overrides, fault, tiny_run, corpus_100k, tmp_path, capsys
+):
+    """Weights grown huge but still finite, as a diverging run leaves them (train.lr=1e30 did: 1e31 by step 20).
+    At 1e30 the fused LSTM kernels still give a finite loss while the written-out cell that samples overflows
+    to NaN; at 1e36 the validation loss is inf. Either ends the run at the evaluation with one line, before
+    anything of that step is logged or saved (the save would have taken them: their weights are finite)."""
+    ckpt = load_checkpoint(tiny_run / "ckpt.pt")
+    ckpt["model"] = {key: value * scale for key, value in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    before = digest(tmp_path / "ckpt.pt")
+    code = run_train(f"data.path={corpus_100k}", f"out_dir={tmp_path}", "train.max_steps=41", *overrides)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: the model's predictions are not finite at step 41 " + fault), line
+    assert line.endswith("lower train.lr or use train.mixed_precision=no; nothing from step 41 was saved")
+    assert digest(tmp_path / "ckpt.pt") == before and not (tmp_path / "best.pt").exists()
+    events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in events if "val_loss" in e]
+
+
+def test_a_sample_that_failed_on_the_main_process_ends_every_process():
+    """Only the main process samples: its verdict reaches the others through one all-reduce (faked here as
+    another process's flag added), so that they end the run with it instead of waiting in a collective."""
+    from types import SimpleNamespace
+
+    from trainer.evaluate import prediction_fault
+
+    def processes(other: float):
+        reduce = lambda tensor, reduction: tensor + other  # noqa: E731
+        return SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
+
+    sample_failed = "the sample met non-finite probabilities"
+    assert prediction_fault(2.0, "", processes(1.0), sampled=True) == sample_failed  # a process that did not sample
+    assert prediction_fault(2.0, None, processes(0.0), sampled=True) == sample_failed  # the main process
+    assert prediction_fault(2.0, "text", processes(0.0), sampled=True) is None
+    assert prediction_fault(math.nan, "", processes(0.0), sampled=False) == "the validation loss is nan"
+
+
+@pytest.mark.parametrize(
     ("setup", "overrides", "message"),
     [
         (None, ["data.path={tmp}/missing.txt"], "does not exist"),

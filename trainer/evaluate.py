@@ -8,12 +8,15 @@ serve.score reads a text the same way (--max-chars), so the two agree on the sam
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from trainer.data import Corpus, EvalStreams
 from trainer.errors import UserError
 from trainer.model import CharLSTM
+from trainer.peers import check_peers
 
 
 def evaluate_loss(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> tuple[float, int]:
@@ -46,11 +49,19 @@ def choose_prime(prime: str | None, corpus: Corpus, val_ids) -> str:
 
 
 @torch.no_grad()
-def sample_text(model: CharLSTM, vocab: list[str], prime: str, t) -> str:
+def sample_text(model: CharLSTM, vocab: list[str], prime: str, t) -> str | None:
     """t.sample_chars characters after `prime`, top-k 5, from a generator of its own (seeded by train.seed): the
-    training's draws are keyed elsewhere, so sampling changes nothing in the run."""
+    training's draws are keyed elsewhere, so sampling changes nothing in the run. None when the model's
+    predictions are not finite: there is no distribution to draw from (`prediction_fault` says so)."""
     was_training = model.training
     model.eval()
+    try:
+        return _draw(model, vocab, prime, t)
+    finally:
+        model.train(was_training)
+
+
+def _draw(model: CharLSTM, vocab: list[str], prime: str, t) -> str | None:
     index = {ch: i for i, ch in enumerate(vocab)}
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(t.seed)
@@ -60,8 +71,30 @@ def sample_text(model: CharLSTM, vocab: list[str], prime: str, t) -> str:
     out = []
     for _ in range(t.sample_chars):
         top, ids = logits.float().topk(min(5, len(vocab)), dim=-1)  # (1, 5)
+        # Weights grown huge (a diverged run) overflow the written-out cell to inf and NaN, even where the
+        # fused kernels of the validation loss still return finite numbers. This read of the device costs
+        # nothing new: int(pick) below reads it for every character anyway.
+        if not torch.isfinite(top).all():
+            return None
         pick = ids[0, torch.multinomial(torch.softmax(top[0], dim=-1), 1, generator=generator)]
         out.append(vocab[int(pick)])
         logits, h, c = model.step(pick, h, c)
-    model.train(was_training)
     return "".join(out)
+
+
+def prediction_fault(val: float, sample: str | None, accelerator, sampled: bool) -> str | None:
+    """What is not finite in an evaluation's predictions, or None: the validation loss (already the same on
+    every process: it was reduced), or the sample (None, drawn on the main process only). `sampled`: whether
+    the main process drew one (train.sample_chars > 0), the same on every process. Then, on several processes,
+    the main process's verdict is shared by one all-reduce, so that all end the run together instead of the
+    others waiting for it in their next collective. Collective when sampled on several processes."""
+    failed = sample is None
+    if sampled and accelerator.num_processes > 1:
+        flag = torch.tensor([float(failed)], device=accelerator.device)
+        failed = accelerator.reduce(flag, reduction="sum").item() > 0
+        check_peers(accelerator)  # a verdict read from an all-reduce that NCCL aborted is garbage
+    if not math.isfinite(val):
+        return f"the validation loss is {val}"
+    if failed:
+        return "the sample met non-finite probabilities"
+    return None

@@ -24,7 +24,7 @@ from trainer.config_checks import check_processes
 from trainer.data import Corpus, EvalStreams, TrainStreams, split
 from trainer.data.feeder import WindowFeeder
 from trainer.errors import TrainingError, UserError
-from trainer.evaluate import choose_prime, evaluate_loss, sample_text
+from trainer.evaluate import choose_prime, evaluate_loss, prediction_fault, sample_text
 from trainer.files import lock_out_dir, remove_stale_temps
 from trainer.model import CharLSTM
 from trainer.peers import check_peers
@@ -205,17 +205,26 @@ class Run:
             raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
     def evaluate(self) -> float:
-        """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt."""
+        """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt.
+        TrainingError, on every process, when its predictions are not finite. Collective."""
         clock = time.monotonic()
         val, chars = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
         check_peers(self.accelerator)  # a loss reduced by an aborted NCCL collective is garbage: not logged, not best
         event = {"step": self.state.step, "val_loss": val, "val_bpc": val / LN2, "val_chars": chars}
         event |= {"val_seconds": time.monotonic() - clock, "train_seconds": self.state.train_seconds}
-        self.last_sample = ""
-        if self.is_main and self.cfg.train.sample_chars > 0:
+        sample: str | None = ""
+        sampled = self.cfg.train.sample_chars > 0
+        if self.is_main and sampled:
             clock = time.monotonic()
-            self.last_sample = sample_text(self.evaluated, self.corpus.vocab, self.sample_prime, self.cfg.train)
-            event |= {"sample": self.last_sample, "sample_seconds": time.monotonic() - clock}
+            sample = sample_text(self.evaluated, self.corpus.vocab, self.sample_prime, self.cfg.train)
+            event |= {"sample": sample, "sample_seconds": time.monotonic() - clock}
+        fault = prediction_fault(val, sample, self.accelerator, sampled)
+        if fault is not None:  # before anything is logged or saved: such weights would resume and export broken
+            raise TrainingError(
+                f"the model's predictions are not finite at step {self.state.step} ({fault}): training diverged; "
+                f"lower train.lr or use train.mixed_precision=no; nothing from step {self.state.step} was saved"
+            )
+        self.last_sample = sample
         self.log(event)
         if val < self.state.best_val:
             self.state.best_val = val
