@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,28 @@ def test_every_shipped_config_loads(path):
         ("train.max_steps=soon", "'train.max_steps' must be an integer or auto"),
         ("train.max_steps=auto", "'train.max_steps' is auto: set train.max_minutes"),
         ("train.max_steps=0", "'train.max_steps' must be > 0"),
+        ("train.lr=0", "'train.lr' must be in (0, 1], got 0.0"),
+        ("train.lr=1e38", "'train.lr' must be in (0, 1], got 1e+38"),
+        ("train.min_lr=1.5", "'train.min_lr' must be in [0, 1], got 1.5"),
+        ("train.min_lr=-1e-4", "'train.min_lr' must be in [0, 1], got -0.0001"),
+        ("train.collective_timeout=0", "'train.collective_timeout' must be in (0, 604800] seconds (a week), got 0"),
+        ("train.collective_timeout=1e300", "'train.collective_timeout' must be in (0, 604800] seconds"),
+        ("train.seed=18446744073709551616", "'train.seed' must be in [0, 18446744073709551615] (64 bits)"),
         ("train=3", "config key 'train': expected a mapping"),
         ("hidden", "not of the form key.sub=value"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_the_upper_bounds_are_themselves_accepted():
+    """The limits of train.lr, train.min_lr (1), train.collective_timeout (a week) and train.seed (2^64 - 1)
+    are legal values: the bounds refuse only what lies past them (the shipped configs: the test above)."""
+    limits = ["train.lr=1", "train.min_lr=1", "train.collective_timeout=604800", f"train.seed={2**64 - 1}"]
+    t = load_config(None, limits).train
+    assert (t.lr, t.min_lr, t.collective_timeout, t.seed) == (1.0, 1.0, 604800.0, 2**64 - 1)
 
 
 def test_bad_files(tmp_path):

@@ -494,11 +494,12 @@ def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_pa
 
 
 def test_a_diverged_run_is_not_restarted(data, tmp_path):
-    """NNODES=2 (one process each, over 127.0.0.1) whose loss goes non-finite at once (train.lr=1e37: every step
-    from the first is non-finite on this config): a training error, which a restart from the last checkpoint
-    would meet again, so with restarts allowed (MAX_RESTARTS, 3 by default) nothing is restarted: each node says
-    "10 non-finite steps in a row" in one line, no traceback, exit 2, and the run started once."""
-    diverge = ["train.lr=1e37", "train.min_lr=0", "train.warmup_steps=0"]
+    """NNODES=2 (one process each, over 127.0.0.1) whose loss goes non-finite at once (train.weight_decay=1e40:
+    every step after the first is non-finite on this config, as with train.lr=1e37 before train.lr was bounded by
+    1): a training error, which a restart from the last checkpoint would meet again, so with restarts allowed
+    (MAX_RESTARTS, 3 by default) nothing is restarted: each node says "10 non-finite steps in a row" in one line,
+    no traceback, exit 2, and the run started once."""
+    diverge = ["train.weight_decay=1e40", "train.min_lr=0", "train.warmup_steps=0"]
     port, nodes, errs = free_port(), [], []
     try:
         for rank in (0, 1):

@@ -298,10 +298,10 @@ def test_non_finite_steps_are_skipped_then_stop(tiny_run, corpus_100k, tmp_path,
 def test_a_model_whose_predictions_are_not_finite_ends_the_run(
     scale, overrides, fault, tiny_run, corpus_100k, tmp_path, capsys
 ):
-    """Weights grown huge but still finite, as a diverging run leaves them (train.lr=1e30 did: 1e31 by step 20).
-    At 1e30 the fused LSTM kernels still give a finite loss while the written-out cell that samples overflows
-    to NaN; at 1e36 the validation loss is inf. Either ends the run at the evaluation with one line, before
-    anything of that step is logged or saved (the save would have taken them: their weights are finite)."""
+    """Weights grown huge but still finite, as a diverging run leaves them (train.lr=1e30, before it was bounded,
+    did: 1e31 by step 20). At 1e30 the fused LSTM kernels still give a finite loss while the written-out cell
+    that samples overflows to NaN; at 1e36 the validation loss is inf. Either ends the run at the evaluation with
+    one line, before anything of that step is logged or saved (the save would take them: the weights are finite)."""
     ckpt = load_checkpoint(tiny_run / "ckpt.pt")
     ckpt["model"] = {key: value * scale for key, value in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "ckpt.pt")
@@ -351,6 +351,7 @@ def test_a_sample_that_failed_on_the_main_process_ends_every_process():
         (None, ["model.hidden=wide"], "config key 'model.hidden': expected int"),
         (None, ["model.layers=0"], "'model.layers' must be > 0"),
         (None, ["train.seq_len=-1"], "'train.seq_len' must be > 0"),
+        (None, ["train.lr=1e38"], "config key 'train.lr' must be in (0, 1], got 1e+38"),  # AdamW overflowed
         (None, ["train.mixed_precision=fp16"], "fp16 needs a CUDA GPU"),
         (None, ["train.grad_accum=3"], "grad_accum"),
         (None, ["train.sample_prime=☃"], "train.sample_prime has characters the corpus lacks: '☃'"),

@@ -75,8 +75,8 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 64  # GLOBAL number of parallel character streams, split evenly over processes
     seq_len: int = 100  # truncated-BPTT window T; state is carried from one window to the next
-    lr: float = 3e-3  # peak learning rate (AdamW)
-    min_lr: float = 3e-4  # cosine decay ends here at max_steps
+    lr: float = 3e-3  # peak learning rate (AdamW), at most 1: Adam moves every weight by about this much per step
+    min_lr: float = 3e-4  # cosine decay ends here at max_steps (at most 1, as lr)
     warmup_steps: int = 50  # linear warmup from 0 to lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay, applied to matrices only
     beta2: float = 0.99  # AdamW second-moment decay (beta1 is 0.9)
@@ -90,7 +90,7 @@ class TrainConfig:
     activation_reg: float = 0.0  # AR (AWD-LSTM): adds this x mean(h^2) of the last layer's output to the loss
     temporal_reg: float = 0.0  # TAR (AWD-LSTM): adds this x mean((h_t - h_{t-1})^2) of the same output
     input_noise: float = 0.0  # chance, per input character, of replacing it by a uniformly drawn one (targets kept)
-    seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream)
+    seed: int = 1337  # weight init and dropout masks (dropout is keyed by seed, step and stream); 0 to 2^64 - 1
     eval_every: int = 250  # evaluate every this many steps (and at the end)
     eval_chars: int | None = 1_000_000  # each evaluation scores at most this many characters of the validation
     # split: the same part every time, for any number of processes (its B streams, each cut to eval_chars // B);
@@ -105,7 +105,8 @@ class TrainConfig:
     log_with: str = "none"  # trackers beside metrics.jsonl, through accelerate: none, tensorboard, wandb or all
     init_from: str | None = None  # a ckpt.pt or best.pt whose weights a new run starts from (fine-tuning)
     collective_timeout: float = 300.0  # seconds a process waits for the others in one collective (several
-    # processes): a peer that hung or vanished ends the run with one line instead of a hang (gloo's default: 30 min)
+    # processes): a peer that hung or vanished ends the run with one line instead of a hang (gloo's default: 30 min);
+    # at most a week (604800)
 
 
 @dataclass

@@ -25,13 +25,11 @@ def validate(cfg: Config) -> None:
         "train.eval_every": cfg.train.eval_every,
         "train.save_every": cfg.train.save_every,
         "train.log_every": cfg.train.log_every,
-        "train.lr": cfg.train.lr,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key {key!r} must be > 0, got {value}")
     non_negative = {
-        "train.min_lr": cfg.train.min_lr,
         "train.warmup_steps": cfg.train.warmup_steps,
         "train.weight_decay": cfg.train.weight_decay,
         "train.grad_clip": cfg.train.grad_clip,
@@ -56,7 +54,37 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
     if not 0.0 < cfg.train.beta2 < 1.0:
         raise ConfigError(f"config key 'train.beta2' must be in (0, 1), got {cfg.train.beta2}")
+    _validate_bounds(cfg)
     _validate_choices(cfg)
+
+
+# Adam divides each gradient by its running RMS, so a step moves every weight by about the learning rate whatever
+# the gradients' scale. nn.LSTM starts its weights within +-1/sqrt(hidden) (0.25 at hidden=16): from a rate of 1
+# on, one step moves each weight further than its whole initial range, and no run learns. The shipped configs use
+# 0.002 to 0.004. The bound also keeps AdamW's step, lr / (1 - 0.9^t) (up to 10 x lr), far inside float32:
+# train.lr=1e38 overflowed it, a traceback inside AdamW.
+MAX_LR = 1.0
+# A week: past any wait of this trainer's collectives (the longest are an evaluation or a save: minutes), and far
+# inside what the process group's clocks hold: from about 1e10 s on, its deadline (int64 nanoseconds from now)
+# overflows and the first meeting times out at once (seen with TCPStore); from 8.64e13 s timedelta refuses it.
+MAX_COLLECTIVE_TIMEOUT = 7 * 24 * 3600.0
+MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds: a larger one overflows in torch.manual_seed
+
+
+def _validate_bounds(cfg: Config) -> None:
+    """The keys with an upper bound: past it a value means nothing, and the machinery overflows (a traceback)."""
+    t = cfg.train
+    if not 0.0 < t.lr <= MAX_LR:
+        raise ConfigError(f"config key 'train.lr' must be in (0, {MAX_LR:g}], got {t.lr}")
+    if not 0.0 <= t.min_lr <= MAX_LR:
+        raise ConfigError(f"config key 'train.min_lr' must be in [0, {MAX_LR:g}], got {t.min_lr}")
+    if not 0.0 < t.collective_timeout <= MAX_COLLECTIVE_TIMEOUT:
+        raise ConfigError(
+            f"config key 'train.collective_timeout' must be in (0, {MAX_COLLECTIVE_TIMEOUT:g}] seconds (a week), "
+            f"got {t.collective_timeout}"
+        )
+    if t.seed > MAX_SEED:
+        raise ConfigError(f"config key 'train.seed' must be in [0, {MAX_SEED}] (64 bits), got {t.seed}")
 
 
 def _validate_choices(cfg: Config) -> None:
@@ -85,8 +113,6 @@ def _validate_choices(cfg: Config) -> None:
             f"config key 'train.eval_chars' must be at least train.batch_size={cfg.train.batch_size} (one "
             f"character per stream), got {cfg.train.eval_chars}; none scores the whole validation split"
         )
-    if cfg.train.collective_timeout <= 0:
-        raise ConfigError(f"config key 'train.collective_timeout' must be > 0, got {cfg.train.collective_timeout}")
     if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
         raise ConfigError(f"config key 'train.max_minutes' must be > 0, got {cfg.train.max_minutes}")
     if not cfg.out_dir:
