@@ -53,10 +53,11 @@ def test_trains_on_the_gpu(corpus_100k, tmp_path, precision):
     assert ckpt["step"] == 40 and math.isfinite(ckpt["val_loss"]) and ckpt["val_loss"] < 4.0
 
 
-def test_a_step_never_waits_on_the_host_but_in_host_read(corpus_100k, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_step_never_waits_on_the_host_but_in_host_read(corpus_100k, tmp_path, precision):
     """After warm-up steps, steps with every option that draws or copies on, under
     torch.cuda.set_sync_debug_mode("error"): any wait of the host for the device other than host_read's (a
-    pageable copy, an .item(), a flag built on the host) raises."""
+    pageable copy, an .item(), a flag built on the host) raises. fp16 adds the loss scale's read."""
     from helpers import EMPTY_CONFIG, TINY
 
     from trainer.config import load_config
@@ -65,7 +66,7 @@ def test_a_step_never_waits_on_the_host_but_in_host_read(corpus_100k, tmp_path):
     from trainer.train import take_step
 
     overrides = ["train.input_noise=0.1", "train.state_reset=0.3", "model.weight_drop=0.2", "train.ema_decay=0.9"]
-    overrides += ["train.grad_accum=2", "train.activation_reg=0.1", "train.mixed_precision=bf16"]
+    overrides += ["train.grad_accum=2", "train.activation_reg=0.1", f"train.mixed_precision={precision}"]
     cfg = load_config(EMPTY_CONFIG, [*TINY, f"data.path={corpus_100k}", f"out_dir={tmp_path}", *overrides])
     run = Run.start(cfg)
     stop, budget = StopFlags(), Budget(cfg, run.accelerator, run.log, run.say)

@@ -164,9 +164,13 @@ def apply_update(
 
 
 def loss_scale(optimizer: torch.optim.Optimizer) -> float | None:
-    """fp16's loss scale (GradScaler's, through accelerate's optimizer wrapper), or None without one."""
+    """fp16's loss scale (GradScaler's, through accelerate's optimizer wrapper), or None without one. Read with
+    host_read: get_scale() would read the same tensor with .item(), a wait the sync debug mode refuses."""
     scaler = getattr(optimizer, "scaler", None)
-    return scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+    if scaler is None or not scaler.is_enabled():
+        return None
+    scale = scaler._get_scale_async()  # the scale tensor; None before the first scaled step
+    return scaler.get_scale() if scale is None else host_read(scale)
 
 
 def step_overflowed(optimizer: torch.optim.Optimizer, state: TrainState) -> bool:
