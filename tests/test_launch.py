@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import yaml
 from helpers import ROOT, one_line_error
 
 from trainer.launch_plan import LaunchError, plan, slurm_hosts
@@ -137,6 +138,21 @@ def test_kubeflow_pytorchjob():
     assert "PET_NNODES" in chosen.choice and "RANK=5" not in chosen.choice
     numeric = plan({**env, "PET_NPROC_PER_NODE": "2"}, gpus=4, cores=16, args=ARGS, python=PY)
     assert after(numeric.command, "--num_processes") == "4"
+
+
+def test_the_kubeflow_example_leaves_restarts_to_the_launcher_except_signals():
+    """examples/kubernetes/pytorchjob.yaml: one pod per machine running ./launch.sh, every replica under
+    `restartPolicy: ExitCode` (training-operator v1 recreates a pod only after an exit of 128 or more: a signal).
+    OnFailure would restart the pod on the launcher's exit 2 (a user's or a training error, which it never
+    restarts) and 1 (its own MAX_RESTARTS spent)."""
+    job = yaml.safe_load((ROOT / "examples" / "kubernetes" / "pytorchjob.yaml").read_text(encoding="utf-8"))
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"}
+    for name, replica in replicas.items():
+        assert replica["restartPolicy"] == "ExitCode", name
+        (container,) = replica["template"]["spec"]["containers"]
+        assert container["name"] == "pytorch" and container["command"][0] == "./launch.sh", name
 
 
 def test_the_projects_variables_win_then_pet_then_slurm():
