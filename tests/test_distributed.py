@@ -457,6 +457,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def two_nodes_with_restarts(tmp_path, node_args: list[list[str]]) -> list[int]:
+    """NNODES=2 over 127.0.0.1, one process each, node i trained with node_args[i], the launcher's default
+    restarts (MAX_RESTARTS unset); their exit statuses. Logs in tmp_path/node{i}.err; every process ended."""
+    port, nodes, errs = free_port(), [], []
+    try:
+        for rank, args in enumerate(node_args):
+            cmd, env = launch_cmd(1, tmp_path / "run", *args)
+            env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            env |= {"OMP_NUM_THREADS": "1"}
+            env.pop("MAX_RESTARTS", None)  # the default: restarts allowed, and none may happen
+            node, err = start_launch(tmp_path, f"node{rank}", cmd, env)
+            nodes.append(node)
+            errs.append(err)
+        return [node.wait(timeout=120) for node in nodes]
+    finally:
+        for node, err in zip(nodes, errs):
+            end_tree(node)
+            err.close()
+
+
 def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_path):
     """NNODES=2 where node 1's data.path holds another version of the text (one character changed: the same
     vocabulary, another sha256): a user's error, so with restarts allowed (MAX_RESTARTS, 3 by default) nothing
@@ -465,21 +485,8 @@ def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_pa
     other = tmp_path / "other.txt"
     text = corpus_100k.read_text(encoding="utf-8")
     other.write_text(text[:5000] + ("x" if text[5000] != "x" else "y") + text[5001:], encoding="utf-8")
-    port, nodes, errs = free_port(), [], []
-    try:
-        for rank, corpus in ((0, corpus_100k), (1, other)):
-            cmd, env = launch_cmd(1, tmp_path / "run", f"data.path={corpus}", *SCHEDULE)
-            env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            env |= {"OMP_NUM_THREADS": "1"}
-            env.pop("MAX_RESTARTS", None)  # the default: restarts allowed, and none may happen
-            node, err = start_launch(tmp_path, f"node{rank}", cmd, env)
-            nodes.append(node)
-            errs.append(err)
-        assert [node.wait(timeout=120) for node in nodes] == [2, 2]
-    finally:
-        for node, err in zip(nodes, errs):
-            end_tree(node)
-            err.close()
+    node_args = [[f"data.path={corpus}", *SCHEDULE] for corpus in (corpus_100k, other)]
+    assert two_nodes_with_restarts(tmp_path, node_args) == [2, 2]
     from trainer.data import load_corpus
 
     digests = [load_corpus(str(path)).sha256[:16] for path in (corpus_100k, other)]
@@ -500,21 +507,7 @@ def test_a_diverged_run_is_not_restarted(data, tmp_path):
     (MAX_RESTARTS, 3 by default) nothing is restarted: each node says "10 non-finite steps in a row" in one line,
     no traceback, exit 2, and the run started once."""
     diverge = ["train.weight_decay=1e40", "train.min_lr=0", "train.warmup_steps=0"]
-    port, nodes, errs = free_port(), [], []
-    try:
-        for rank in (0, 1):
-            cmd, env = launch_cmd(1, tmp_path / "run", data, *diverge)
-            env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            env |= {"OMP_NUM_THREADS": "1"}
-            env.pop("MAX_RESTARTS", None)  # the default: restarts allowed, and none may happen
-            node, err = start_launch(tmp_path, f"node{rank}", cmd, env)
-            nodes.append(node)
-            errs.append(err)
-        assert [node.wait(timeout=120) for node in nodes] == [2, 2]
-    finally:
-        for node, err in zip(nodes, errs):
-            end_tree(node)
-            err.close()
+    assert two_nodes_with_restarts(tmp_path, [[data, *diverge]] * 2) == [2, 2]
     for rank in (0, 1):
         log = (tmp_path / f"node{rank}.err").read_text()
         errors = error_lines(tmp_path / f"node{rank}.err")

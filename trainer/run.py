@@ -102,6 +102,7 @@ class Run:
         processes, rank = accelerator.num_processes, accelerator.process_index
         t = cfg.train
         local_batch = check_processes(cfg, processes)
+        first, last = rank * local_batch, (rank + 1) * local_batch  # this process's streams
         corpus = same_text_everywhere(loaded, cfg, accelerator)  # each process's own copy, checked against main's
         corpus, init = fine_tuning(cfg, corpus, accelerator)
         train_ids, val_ids = split(corpus.ids, cfg.data.val_fraction)
@@ -125,16 +126,14 @@ class Run:
             corpus=corpus,
             streams=streams,
             evals=evals,
-            feeder=WindowFeeder(
-                streams, cfg, rank * local_batch, (rank + 1) * local_batch, len(corpus.vocab), accelerator.device
-            ),
+            feeder=WindowFeeder(streams, cfg, first, last, len(corpus.vocab), accelerator.device),
             model=wrapped,
             bare=accelerator.unwrap_model(wrapped),
             average=average,
             optimizer=optimizer,
             paths=paths,
-            first=rank * local_batch,
-            last=(rank + 1) * local_batch,
+            first=first,
+            last=last,
             lock=lock,
             sample_prime=sample_prime,
         )
