@@ -1,0 +1,85 @@
+"""Beam search: the `width` best continuations of a prime by the sum of their characters' log-probabilities
+(the model's softmax of its logits after logit_bias, untempered, in float64), stepped as one batch.
+
+At each position every live beam offers each character it may take (all of them, or a constraint's mask);
+the `width` best offers are kept, ordered by (score desc, token ids asc: the smaller sequence first). An
+offer of the end character finishes its beam, which keeps its score (the end's log-probability included);
+a beam that cannot go on finishes as it is; at `length` the live beams finish. The search stops early once
+`count` finished beams score above every live one (a score can only fall). serve/js/beam.js does the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.constrain import Automaton
+
+
+@dataclass(frozen=True)
+class Finished:
+    ids: tuple[int, ...]  # the generated ids, without the end character
+    score: float  # the sum of their log-probabilities (and the end's, when it ended the text)
+    finish: str  # "stop": ended by the end character or where nothing could follow; "length": at the limit
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(B, V) float32 -> (B, V) float64, the sum of the exponentials taken left to right (as JavaScript adds)."""
+    x = logits.astype(np.float64)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.cumsum(np.exp(shifted), axis=1)[:, -1:])
+
+
+def rank(finished: list[Finished]) -> list[Finished]:
+    return sorted(finished, key=lambda beam: (-beam.score, beam.ids))
+
+
+def beam_search(
+    step: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    start: tuple[np.ndarray, np.ndarray, np.ndarray],
+    length: int,
+    width: int,
+    count: int,
+    automaton: Automaton | None = None,
+    bias: np.ndarray | None = None,
+) -> list[Finished]:
+    """The `count` best finished beams, best first (fewer when fewer texts exist). `start` is (logits (1, V),
+    h, c (L, 1, H)) after the prime; `step(tokens (B,), h, c) -> (logits (B, V), h, c)` advances B rows."""
+    logits, h, c = start
+    ids: list[tuple[int, ...]] = [()]  # the live beams, in the order of their ids (smallest first)
+    scores = np.zeros(1)  # (B,)
+    states = [automaton.start] if automaton is not None else [0]
+    finished: list[Finished] = []
+    end_id = automaton.end_id if automaton is not None else None
+    parent = token = np.zeros(0, dtype=np.int64)  # the kept offers: which beam, which character
+    for position in range(length):
+        if position > 0:  # the kept beams' states, in their new order, read their new characters
+            h, c = np.ascontiguousarray(h[:, parent]), np.ascontiguousarray(c[:, parent])  # (L, B, H)
+            logits, h, c = step(token.astype(np.int64), h, c)
+        logp = log_softmax(logits + bias if bias is not None else logits)  # (B, V)
+        if automaton is not None:
+            allowed = np.stack([automaton.allowed(s) for s in states])  # (B, V)
+            stuck = ~allowed.any(axis=1)
+            finished += [Finished(ids[b], float(scores[b]), "stop") for b in np.flatnonzero(stuck)]
+            logp = np.where(allowed, logp, -np.inf)
+        offers = scores[:, None] + logp  # (B, V)
+        parent, token = np.nonzero(np.isfinite(offers))  # row-major: (parent, token) ascending, ids' order
+        order = np.argsort(-offers[parent, token], kind="stable")[:width]
+        parent, token = parent[order], token[order]
+        ending = token == end_id if end_id is not None else np.zeros(len(token), dtype=bool)
+        finished += [Finished(ids[b], float(offers[b, v]), "stop") for b, v in zip(parent[ending], token[ending])]
+        keep = np.lexsort((token[~ending], parent[~ending]))  # the new beams in the order of their ids
+        parent, token = parent[~ending][keep], token[~ending][keep]
+        if len(parent) == 0:
+            return rank(finished)[:count]
+        scores = offers[parent, token]
+        ids = [ids[b] + (int(v),) for b, v in zip(parent, token)]
+        if automaton is not None:
+            states = [automaton.advance(states[b], int(v)) for b, v in zip(parent, token)]
+        best = rank(finished)[:count]
+        if len(best) == count and best[-1].score > scores.max():
+            return best
+    finished += [Finished(ids[b], float(scores[b]), "length") for b in range(len(ids))]
+    return rank(finished)[:count]

@@ -1,0 +1,183 @@
+"""A constraint compiled over the model's vocabulary: a Thompson automaton of the pattern's tree, over classes of
+characters that every set treats alike, made deterministic lazily (a state is met, then its row is built once).
+
+Only live automaton states are kept (those from which a full match can still be reached), so a state's mask
+is exactly the characters after which a full match stays possible. serve/js/constrain.js builds the same
+automaton in the same order: the masks are a property of the pattern and the vocabulary, not of the runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serve.constrain.dialect import PatternError
+
+MAX_STATES = 200_000  # automaton states a pattern may build (each repetition is a copy of its body)
+DEAD = -1
+
+
+class Automaton:
+    """The tree's automaton: start state 0 after build(); per state, its moves on classes and its mask."""
+
+    def __init__(self, tree: tuple, vocab_size: int, end_id: int | None):
+        self.vocab_size = vocab_size
+        self.end_id = end_id
+        leaves: list[int] = []
+        collect_leaves(tree, leaves)
+        distinct = list(dict.fromkeys(leaves))
+        self.class_of, self.class_members = alphabet_classes(distinct, vocab_size)
+        self.classes_of_mask = {
+            mask: frozenset(k for k, members in enumerate(self.class_members) if mask >> members[0] & 1)
+            for mask in distinct
+        }
+        self.eps: list[list[int]] = []
+        self.edges: list[list[tuple[frozenset, int]]] = []
+        start, self.accept = self.fragment(tree)
+        self.live = self.live_states()
+        self.rows: list[tuple[tuple[int, ...], list[int] | None, np.ndarray | None]] = []
+        self.index: dict[tuple[int, ...], int] = {}
+        self.start = self.state(self.closure([start]))
+
+    # ------------------------------------------------------------ the nondeterministic automaton
+
+    def new_state(self) -> int:
+        if len(self.eps) >= MAX_STATES:
+            raise PatternError(f"the pattern is too large (over {MAX_STATES:,} automaton states): lower its counts")
+        self.eps.append([])
+        self.edges.append([])
+        return len(self.eps) - 1
+
+    def fragment(self, tree: tuple) -> tuple[int, int]:
+        """States (entry, exit) that read one text of `tree`."""
+        kind = tree[0]
+        entry = self.new_state()
+        if kind == "set":
+            exit_ = self.new_state()
+            if tree[1]:
+                self.edges[entry].append((self.classes_of_mask[tree[1]], exit_))
+            return entry, exit_
+        if kind == "cat":
+            here = entry
+            for item in tree[1]:
+                first, last = self.fragment(item)
+                self.eps[here].append(first)
+                here = last
+            return entry, here
+        if kind == "alt":
+            exit_ = self.new_state()
+            for branch in tree[1]:
+                first, last = self.fragment(branch)
+                self.eps[entry].append(first)
+                self.eps[last].append(exit_)
+            return entry, exit_
+        _, body, low, high = tree
+        here = entry
+        for _ in range(low):
+            first, last = self.fragment(body)
+            self.eps[here].append(first)
+            here = last
+        exit_ = self.new_state()
+        if high is None:  # a loop: read the body again and again, or leave
+            first, last = self.fragment(body)
+            self.eps[here] += [first, exit_]
+            self.eps[last].append(here)
+            return entry, exit_
+        for _ in range(high - low):  # optional copies: each may be the last
+            first, last = self.fragment(body)
+            self.eps[here] += [exit_, first]
+            here = last
+        self.eps[here].append(exit_)
+        return entry, exit_
+
+    def live_states(self) -> list[bool]:
+        """The states from which the exit is reachable: a full match is still possible there."""
+        back: list[list[int]] = [[] for _ in self.eps]
+        for state, targets in enumerate(self.eps):
+            for target in targets:
+                back[target].append(state)
+        for state, edges in enumerate(self.edges):
+            for _, target in edges:
+                back[target].append(state)
+        live = [False] * len(self.eps)
+        live[self.accept] = True
+        todo = [self.accept]
+        while todo:
+            for source in back[todo.pop()]:
+                if not live[source]:
+                    live[source] = True
+                    todo.append(source)
+        return live
+
+    def closure(self, states) -> tuple[int, ...]:
+        """The live states reachable from `states` without reading a character, sorted."""
+        seen = set(states)
+        todo = list(states)
+        while todo:
+            for target in self.eps[todo.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return tuple(sorted(s for s in seen if self.live[s]))
+
+    # ------------------------------------------------------------ the deterministic automaton, built lazily
+
+    def state(self, members: tuple[int, ...]) -> int:
+        if not members:
+            return DEAD
+        found = self.index.get(members)
+        if found is None:
+            found = self.index[members] = len(self.rows)
+            self.rows.append((members, None, None))
+        return found
+
+    def row(self, state: int) -> tuple[list[int], np.ndarray]:
+        """(the next state per class, the allowed mask over the vocabulary) of a state, built on first use."""
+        members, moves, mask = self.rows[state]
+        if moves is None:
+            moves = []
+            for k in range(len(self.class_members)):
+                targets = [t for s in members for classes, t in self.edges[s] if k in classes]
+                moves.append(self.state(self.closure(targets)))
+            mask = np.zeros(self.vocab_size, dtype=bool)
+            for k, target in enumerate(moves):
+                if target != DEAD:
+                    mask[self.class_members[k]] = True
+            if self.end_id is not None and self.accept in members:
+                mask[self.end_id] = True
+            self.rows[state] = (members, moves, mask)
+        return moves, mask
+
+    def allowed(self, state: int) -> np.ndarray:
+        """(V,) bool: the characters that keep a full match possible, and the end where the text is one."""
+        return self.row(state)[1]
+
+    def advance(self, state: int, token: int) -> int:
+        """The state after `token` (not the end character); DEAD if no full match stays possible."""
+        return self.row(state)[0][self.class_of[token]]
+
+    def accepting(self, state: int) -> bool:
+        return self.accept in self.rows[state][0]
+
+
+def collect_leaves(tree: tuple, out: list[int]) -> None:
+    if tree[0] == "set":
+        out.append(tree[1])
+    elif tree[0] in ("cat", "alt"):
+        for item in tree[1]:
+            collect_leaves(item, out)
+    else:
+        collect_leaves(tree[1], out)
+
+
+def alphabet_classes(masks: list[int], vocab_size: int) -> tuple[list[int], list[list[int]]]:
+    """Vocabulary ids grouped by which sets hold them: (class of each id, the ids of each class), classes
+    numbered in the order of their smallest id."""
+    class_of, members, seen = [], [], {}
+    for i in range(vocab_size):
+        signature = tuple(mask >> i & 1 for mask in masks)
+        k = seen.setdefault(signature, len(seen))
+        if k == len(members):
+            members.append([])
+        members[k].append(i)
+        class_of.append(k)
+    return class_of, members

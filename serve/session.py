@@ -1,0 +1,97 @@
+"""A charlstm .onnx on onnxruntime: the file loaded and checked (load_model), and a loop that steps a batch of
+sequences with no per-character allocation (StepLoop)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serve.errors import SamplerError
+from serve.format import FORMAT
+
+
+class StepLoop:
+    """Advances `batch` sequences by one character per call, from the zero state: run(tokens (batch,)) ->
+    logits (batch, V), a buffer that the next call overwrites. Inputs and outputs are bound once
+    (IOBinding) to preallocated buffers, and two bindings alternate, so h_out of one step is h of the next
+    without a copy; on a GPU the state never leaves it."""
+
+    def __init__(self, session: ort.InferenceSession, layers: int, hidden: int, vocab: int, batch: int, cuda: bool):
+        shape = (layers, batch, hidden)
+        self.session = session
+        self.token = np.zeros(batch, dtype=np.int64)
+        self.logits = np.zeros((batch, vocab), dtype=np.float32)
+        if cuda:
+            states = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0) for _ in range(4)]
+            for value in states:
+                value.update_inplace(np.zeros(shape, dtype=np.float32))
+        else:
+            states = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32)) for _ in range(4)]
+        token_value = ort.OrtValue.ortvalue_from_numpy(self.token)
+        logits_value = ort.OrtValue.ortvalue_from_numpy(self.logits)
+        self.bindings = []
+        for h_in, c_in, h_out, c_out in ((0, 1, 2, 3), (2, 3, 0, 1)):
+            binding = session.io_binding()
+            binding.bind_ortvalue_input("token", token_value)
+            binding.bind_ortvalue_input("h", states[h_in])
+            binding.bind_ortvalue_input("c", states[c_in])
+            binding.bind_ortvalue_output("logits", logits_value)
+            binding.bind_ortvalue_output("h_out", states[h_out])
+            binding.bind_ortvalue_output("c_out", states[c_out])
+            self.bindings.append(binding)
+        self.steps = 0
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        self.token[:] = tokens
+        self.session.run_with_iobinding(self.bindings[self.steps % 2])
+        self.steps += 1
+        return self.logits
+
+
+def _session_options(threads: int | None, spin: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: no provider chatter on stderr
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not spin:  # embedded use: do not burn idle cores between calls
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def load_model(path: str | Path, device: str = "auto", threads: int | None = None, spin: bool = True):
+    """(session, vocab, config, metadata) for a charlstm .onnx; SamplerError on anything wrong."""
+    path = Path(path)
+    if device not in ("auto", "cpu", "cuda"):
+        raise SamplerError(f"device must be auto, cpu or cuda, got {device!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise SamplerError(f"threads must be an integer >= 1 (leave it out for onnxruntime's default), got {threads}")
+    if not path.is_file():
+        raise SamplerError(f"model {str(path)!r} does not exist" if not path.exists() else f"{path} is not a file")
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise SamplerError(
+            "device cuda: this onnxruntime has no CUDA provider (install charlstm[gpu], i.e. onnxruntime-gpu)"
+        )
+    use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
+    providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), _session_options(threads, spin), providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for any unreadable model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SamplerError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        # onnxruntime falls back to the CPU silently when the GPU cannot be used: say so instead.
+        raise SamplerError("device cuda: onnxruntime could not use the GPU (no usable CUDA device or libraries)")
+    metadata = session.get_modelmeta().custom_metadata_map
+    if metadata.get("format") != FORMAT or "vocab" not in metadata:
+        raise SamplerError(f"{path}: not a charlstm model (no {FORMAT} metadata; export it with export.onnx)")
+    try:
+        vocab = json.loads(metadata["vocab"])
+        config = json.loads(metadata.get("config", "{}"))
+    except json.JSONDecodeError:
+        raise SamplerError(f"{path}: its charlstm metadata is not valid JSON") from None
+    return session, vocab, config, metadata
