@@ -88,16 +88,25 @@ class Sampler:
     # ------------------------------------------------------------ generation
 
     def stream(
-        self, prime: str, length: int, options: SamplingOptions | None = None, **values
+        self,
+        prime: str,
+        length: int,
+        options: SamplingOptions | None = None,
+        finishes: list[str] | None = None,
+        **values,
     ) -> Iterator[str | list[str]]:
         """Yield the generated characters one step at a time: a str, or a list of num_samples strs ("" for a
         sample that has ended). Options come as a SamplingOptions or as its fields by name (top_k=5, seed=0,
         ...). They, the constraint and the prime are checked here, before the first character. Under beam
-        search the best beam comes whole, once the search ends."""
+        search the best beam comes whole, once the search ends. `finishes`, when given, receives why each
+        sample ended ("stop" or "length") as the stream ends."""
         plan = self.plan(prime, length, self._options(options, values))
+        finishes = [] if finishes is None else finishes
         if plan.options.beam_width is None:
-            return self._steps(plan, [])
-        texts = [g.text for g in self._search(plan)]
+            return self._steps(plan, finishes)
+        found = self._search(plan)
+        finishes[:] = [g.finish for g in found]
+        texts = [g.text for g in found]
         return iter([texts] if plan.options.num_samples > 1 else texts)
 
     def generate(self, prime: str, length: int, options: SamplingOptions | None = None, **values) -> str | list[str]:

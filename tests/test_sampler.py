@@ -336,13 +336,18 @@ def test_javascript_greedy_equals_python(trained_onnx, spanish_onnx):
 
 
 def test_javascript_core_uses_no_node_api():
-    """serve/js/core.js is shared by Node and the browser: an ES module with no fs, Buffer, require or
-    process (the loaders, node.js and serve/web/app.js, bring the file's bytes and onnxruntime)."""
-    source = (JS / "core.js").read_text(encoding="utf-8")
-    code = "\n".join(line.split("//")[0] for line in source.splitlines())  # comments may name them
-    for name in ("require(", "Buffer", "process.", "from 'fs'", "from 'node:", "import("):
-        assert name not in code, name
-    assert re.findall(r"^import ", code, flags=re.M) == []  # no imports at all: ort is handed in
+    """serve/js/core.js and its modules are shared by Node and the browser: ES modules with no fs, Buffer,
+    require or process (the loaders, node.js and serve/web/app.js, bring the file's bytes and onnxruntime),
+    importing only each other, every one of them served to the page."""
+    from serve.web.__main__ import CORE_FILES
+
+    for name in CORE_FILES:
+        source = (JS / name).read_text(encoding="utf-8")
+        code = "\n".join(line.split("//")[0] for line in source.splitlines())  # comments may name them
+        for api in ("require(", "Buffer", "process.", "from 'fs'", "from 'node:", "import("):
+            assert api not in code, (name, api)
+        for imported in re.findall(r"^(?:import|export) .*? from '([^']+)';", code, flags=re.M | re.S):
+            assert imported.startswith("./") and imported[2:] in CORE_FILES, (name, imported)
 
 
 def test_javascript_core_checks_the_format_name_export_writes():

@@ -2,7 +2,7 @@
 characters that every set treats alike, made deterministic lazily (a state is met, then its row is built once).
 
 Only live automaton states are kept (those from which a full match can still be reached), so a state's mask
-is exactly the characters after which a full match stays possible. serve/js/constrain.js builds the same
+is exactly the characters after which a full match stays possible. serve/js/automaton.js builds the same
 automaton in the same order: the masks are a property of the pattern and the vocabulary, not of the runtime.
 """
 

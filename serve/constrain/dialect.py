@@ -1,11 +1,9 @@
 """The regular-expression dialect of constraints: a pattern -> a tree whose leaves are sets of vocabulary ids.
 
 The dialect is Python's `re` syntax less what a finite automaton cannot do exactly: backreferences,
-lookarounds, word boundaries, atomic groups, possessive quantifiers and conditionals are refused by name.
-Classes are decided by fixed rules that serve/js/constrain.js applies alike (docs/constrained.md):
-\\d is Unicode category Nd, \\w the categories L* and N* and "_", \\s the 29 characters of str.isspace,
-`.` anything but a newline (or anything, under (?s)); under (?i) a character also matches when its
-lowercase or uppercase (where that is one character) does.
+lookarounds, word boundaries, atomic groups, possessive quantifiers and conditionals are refused by name
+(docs/constrained.md). What escapes and classes stand for is in charsets.py; serve/js/dialect.js is this
+parser in JavaScript, method for method.
 
 A tree is ("set", mask, source) with mask an int whose bit i is vocabulary id i, ("cat", [trees]),
 ("alt", [trees]) or ("rep", tree, low, high) with high None for no bound. The end character is in no set:
@@ -14,44 +12,20 @@ it never appears inside a constrained text.
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
-from serve.errors import SamplerError
-
-MAX_REPEAT = 1000  # the largest count in {m,n}: an automaton holds each repetition as states of its own
-SPACES = frozenset(
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+from serve.constrain.charsets import (
+    CLASSES,
+    COUNTS,
+    MAX_REPEAT,
+    REFUSED_ESCAPES,
+    REFUSED_GROUPS,
+    SIMPLE_ESCAPES,
+    case_variants,
 )
-COUNTS = re.compile(r"\{([0-9]*)(?:(,)([0-9]*))?\}")  # {m}, {m,}, {,n}, {m,n}
-SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a", "0": "\0"}
-REFUSED_ESCAPES = {
-    "b": "word boundaries (\\b) are outside the dialect",
-    "B": "word boundaries (\\B) are outside the dialect",
-    "N": "named characters (\\N{...}) are outside the dialect; write the character or \\uXXXX",
-    "z": "\\z is not Python syntax; the whole text must match anyway",
-}
+from serve.errors import SamplerError
 
 
 class PatternError(SamplerError):
     """A pattern outside the dialect, or one that the model's vocabulary cannot match."""
-
-
-def is_word(ch: str) -> bool:
-    return ch == "_" or unicodedata.category(ch)[0] in "LN"
-
-
-CLASSES = {
-    "d": lambda ch: unicodedata.category(ch) == "Nd",
-    "w": is_word,
-    "s": lambda ch: ch in SPACES,
-}
-
-
-def case_variants(ch: str) -> tuple[str, ...]:
-    """The character, its lowercase and its uppercase, where each is one character."""
-    return (ch,) + tuple(other for other in (ch.lower(), ch.upper()) if len(other) == 1 and other != ch)
 
 
 class Parser:
@@ -98,8 +72,6 @@ class Parser:
 
     def parse(self) -> tuple:
         self.global_flags()
-        if self.peek() == "^":
-            self.pos += 1
         tree = self.alternation(top=True)
         if self.peek() == ")":
             raise self.error("unbalanced parenthesis")
@@ -134,15 +106,19 @@ class Parser:
         return branches[0] if len(branches) == 1 else ("alt", branches)
 
     def sequence(self, top: bool) -> tuple:
+        """One branch. At the top level it may start with ^ or \\A and end with $ or \\Z: the text matches in
+        full anyway, so they mean nothing more; anywhere else they are refused."""
+        if top and (self.peek() == "^" or self.chars[self.pos : self.pos + 2] == ["\\", "A"]):
+            self.pos += 1 if self.peek() == "^" else 2
         items = []
         while self.peek() not in (None, "|", ")"):
             if self.peek() == "$" or self.chars[self.pos : self.pos + 2] == ["\\", "Z"]:
+                at = self.pos
                 self.pos += 1 if self.peek() == "$" else 2
-                if not (top and self.peek() is None):
-                    raise self.error("$ and \\Z are allowed only at the end of the pattern (the whole text matches)")
+                if not (top and self.peek() in (None, "|")):
+                    raise self.error("$ and \\Z are allowed only at the end of a top-level branch", at)
                 break
-            atom = self.atom()
-            items.append(self.quantified(atom))
+            items.append(self.quantified(self.atom()))
         return items[0] if len(items) == 1 else ("cat", items)
 
     def quantified(self, atom: tuple) -> tuple:
@@ -193,7 +169,7 @@ class Parser:
         if ch in "*+?" or (ch == "{" and self.back_is_quantifier()):
             raise self.error("nothing to repeat", start)
         if ch == "^":
-            raise self.error("^ is allowed only at the start of the pattern (the whole text matches)", start)
+            raise self.error("^ and \\A are allowed only at the start of a top-level branch", start)
         return self.literal(ch)
 
     def back_is_quantifier(self) -> bool:
@@ -289,10 +265,7 @@ class Parser:
 
     def escape_atom(self, start: int) -> tuple:
         if self.peek() == "A":
-            if start != 0 and self.chars[:start] != ["^"]:
-                raise self.error("\\A is allowed only at the start of the pattern (the whole text matches)", start)
-            self.pos += 1
-            return ("cat", [])
+            raise self.error("^ and \\A are allowed only at the start of a top-level branch", start)
         ch = self.escape_char(in_class=False)
         if isinstance(ch, tuple):
             letter = ch[1]
@@ -331,17 +304,6 @@ class Parser:
     def class_item(self) -> str | tuple:
         ch = self.take()
         return self.escape_char(in_class=True) if ch == "\\" else ch
-
-
-REFUSED_GROUPS = {
-    "=": "lookahead (?=...) is outside the dialect",
-    "!": "negative lookahead (?!...) is outside the dialect",
-    "<=": "lookbehind (?<=...) is outside the dialect",
-    "<!": "negative lookbehind (?<!...) is outside the dialect",
-    "P=": "backreferences (?P=name) are outside the dialect",
-    ">": "atomic groups (?>...) are outside the dialect",
-    "(": "conditional groups (?(...)...) are outside the dialect",
-}
 
 
 def parse(pattern: str, vocab: list[str], end_id: int | None) -> tuple:

@@ -9,11 +9,16 @@
 // The generator and the pick are serve/sampler.py's, step for step: the same seed gives the same text in
 // Python, Node.js and the browser.
 
+import { compileConstraint } from './automaton.js';
+import { sampleTexts, searchBeams } from './generate.js';
+import { SamplerError } from './errors.js';
+import { biasVector, checkOptions } from './options.js';
+
+export { SamplerError } from './errors.js';
+export { compileConstraint, PatternError } from './automaton.js';
+
 export const FORMAT = 'charlstm-cell/1';
 const FORMS = ['NFC', 'NFKC', 'none'];
-
-/** Bad input (model file, option, prime): the CLI and the page show its message as one line. */
-export class SamplerError extends Error {}
 
 // ---- the metadata: ModelProto field 14 is metadata_props, a repeated {key = 1, value = 2} of strings.
 // onnxruntime-web exposes no custom metadata, so the protobuf is read here, straight from the bytes.
@@ -115,52 +120,7 @@ export function describeModel(bytes, name = 'the model') {
   };
 }
 
-// ---- the generator and the pick
-
-const MASK64 = (1n << 64n) - 1n;
-
-/** The draw of `sample` at `position` for `seed`: SplitMix64's finalizer of a key made of the three, as a
- * float64 in [0, 1) (53 bits). Counter-based: nothing is carried from one draw to the next. */
-export function uniform(seed, sample, position) {
-  let z = (BigInt.asUintN(64, BigInt(seed)) ^ ((BigInt(sample) * 0x9E3779B97F4A7C15n) & MASK64)
-    ^ ((BigInt(position) * 0xBF58476D1CE4E5B9n) & MASK64)) & MASK64;
-  z = (z + 0x9E3779B97F4A7C15n) & MASK64;
-  z = ((z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
-  z = ((z ^ (z >> 27n)) * 0x94D049BB133111EBn) & MASK64;
-  z ^= z >> 31n;
-  return Number(z >> 11n) * 2 ** -53;
-}
-
-/** One token from the logits of one sample (a Float32Array of V) and a uniform draw in [0, 1): greedy (argmax,
- * the lowest id among ties), or the inverse CDF of the tempered softmax over the candidates sorted by
- * (logit desc, id asc), restricted to the top k and then to the shortest prefix holding top p of the mass,
- * in float64. */
-export function pick(logits, topK, temperature, topP, draw) {
-  const V = logits.length;
-  if (topK === 1 || temperature === 0) {
-    let best = 0;
-    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
-    return best;
-  }
-  let order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
-  if (topK) order = order.slice(0, topK);
-  const first = logits[order[0]];
-  const cumulative = [];
-  let sum = 0;
-  for (const id of order) {
-    sum += Math.exp((logits[id] - first) / temperature);
-    cumulative.push(sum);
-  }
-  let count = order.length;
-  if (topP !== null && topP < 1) {
-    count = 0;
-    while (count < order.length && (count === 0 ? 0 : cumulative[count - 1]) < topP * sum) count++;
-  }
-  const target = draw * cumulative[count - 1];
-  let index = 0;
-  while (index < count - 1 && cumulative[index] <= target) index++;
-  return order[index];
-}
+export { pick, uniform } from './pick.js';
 
 export function codePoint(ch) {
   return `U+${ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
@@ -216,63 +176,32 @@ export class Sampler {
     return this.characters(text).filter((ch) => this.index.has(ch)).map((ch) => this.index.get(ch));
   }
 
-  checkOptions(length, { topK = null, temperature = 1.0, topP = null, seed = null, numSamples = 1, unknown = 'error' } = {}) {
-    const V = this.vocab.length;
-    if (!Number.isInteger(length) || length < 0) throw new SamplerError(`length must be an integer >= 0, got ${length}`);
-    if (topK !== null && !(Number.isInteger(topK) && topK >= 1 && topK <= V)) {
-      throw new SamplerError(`top_k must be between 1 and the vocabulary size ${V}, got ${topK}`);
-    }
-    if (!(Number.isFinite(temperature) && temperature >= 0)) throw new SamplerError(`temperature must be >= 0, got ${temperature}`);
-    if (topP !== null && !(topP > 0 && topP <= 1)) throw new SamplerError(`top_p must be in (0, 1], got ${topP}`);
-    if (seed !== null && !Number.isSafeInteger(seed)) throw new SamplerError(`seed must be an integer, got ${seed}`);
-    if (!Number.isInteger(numSamples) || numSamples < 1) throw new SamplerError(`num_samples must be an integer >= 1, got ${numSamples}`);
-    if (!['error', 'skip'].includes(unknown)) throw new SamplerError(`unknown must be error or skip, got ${unknown}`);
+  checkOptions(length, options = {}) {
+    checkOptions(length, options, this.vocab.length);
   }
 
-  /** Generate `length` characters after `prime` for numSamples sequences advanced together, one session run
-   * per character. Returns a string, or an array of numSamples strings when numSamples > 1.
-   * onChar(chars) is called after each position (a string, or an array of one per sample); when it returns a
-   * promise, that is awaited (a page uses it to repaint). An aborted `signal` ends the text where it is. */
+  /** The options' regex or choices compiled over the vocabulary (null without one); SamplerError if bad. */
+  constraint({ regex = null, choices = null, end = null } = {}) {
+    if (regex === null && choices === null) return null;
+    return compileConstraint(this.vocab, { regex, choices, end: end ?? '\n', normalize: this.normalize });
+  }
+
+  /** Generate up to `length` characters after `prime` for numSamples sequences advanced together, one session
+   * run per character. Returns a string, or an array of numSamples strings when numSamples > 1 (under beam
+   * search the numSamples best beams). onChar(chars) is called after each position (a string, or an array of one
+   * per sample, '' for one that has ended); when it returns a promise, that is awaited (a page uses it to
+   * repaint). An aborted `signal` ends the text where it is. */
   async generate(prime, length, options = {}) {
+    const texts = (await this.complete(prime, length, options)).map((g) => g.text);
+    return (options.numSamples ?? 1) === 1 ? texts[0] : texts;
+  }
+
+  /** generate's texts as [{ text, finish ('stop' or 'length'), score (beam search) }]. */
+  async complete(prime, length, options = {}) {
     this.checkOptions(length, options);
-    const { topK = null, temperature = 1.0, topP = null, seed = null, numSamples = 1, unknown = 'error',
-      onChar = null, signal = null } = options;
-    const { ort, layers, hidden } = this;
-    const V = this.vocab.length;
-    let ids = this.encode(prime, unknown);
+    let ids = this.encode(prime, options.unknown ?? 'error');
     if (ids.length === 0) ids = [this.index.has('\n') ? this.index.get('\n') : 0];
-    const seed64 = seed === null ? Math.floor(Math.random() * 2 ** 53) : seed;
-    const N = numSamples;
-    const shape = [layers, N, hidden];
-    let h = new ort.Tensor('float32', new Float32Array(layers * N * hidden), shape);
-    let c = new ort.Tensor('float32', new Float32Array(layers * N * hidden), shape);
-    const tokens = new BigInt64Array(N);
-    const token = new ort.Tensor('int64', tokens, [N]);
-    let logits = null;
-    const step = async () => {
-      const out = await this.session.run({ token, h, c });
-      h = out.h_out;
-      c = out.c_out;
-      logits = out.logits.data; // (N * V)
-    };
-    for (const id of ids) {
-      tokens.fill(BigInt(id));
-      await step();
-    }
-    const texts = Array.from({ length: N }, () => []);
-    for (let t = 0; t < length && !signal?.aborted; t++) {
-      for (let n = 0; n < N; n++) {
-        const id = pick(logits.subarray(n * V, (n + 1) * V), topK, temperature, topP, uniform(seed64, n, t));
-        tokens[n] = BigInt(id);
-        texts[n].push(this.vocab[id]);
-      }
-      if (onChar) {
-        const waiting = onChar(N === 1 ? texts[0][t] : texts.map((chars) => chars[t]));
-        if (waiting) await waiting;
-      }
-      if (t + 1 < length) await step(); // the last character's step would be thrown away
-    }
-    const joined = texts.map((chars) => chars.join(''));
-    return N === 1 ? joined[0] : joined;
+    const plan = { ids, length, options, automaton: this.constraint(options), bias: biasVector(options.logitBias ?? null, this.vocab.length) };
+    return options.beamWidth ? searchBeams(this, plan) : sampleTexts(this, plan);
   }
 }

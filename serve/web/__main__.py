@@ -24,6 +24,18 @@ ORT_DIST = JS / "node_modules" / "onnxruntime-web" / "dist"
 # onnxruntime-web's WASM-only build: the script, then the module and binary it loads on the first session.
 # One thread: the threaded build needs cross-origin isolation (COOP/COEP), which a page opened from a file
 # or embedded elsewhere rarely has.
+# the sampler core's modules, which Node.js imports too
+CORE_FILES = (
+    "core.js",
+    "errors.js",
+    "pick.js",
+    "options.js",
+    "generate.js",
+    "beam.js",
+    "automaton.js",
+    "dialect.js",
+    "charsets.js",
+)
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 MIME = {
     ".html": "text/html; charset=utf-8",
@@ -43,10 +55,10 @@ def routes(model: Path | None) -> dict[str, Path]:
         "/index.html": HERE / "index.html",
         "/app.js": HERE / "app.js",
         "/style.css": HERE / "style.css",
-        "/core.js": JS / "core.js",
         "/inspect.js": JS / "inspect.js",
         "/inspect_view.js": HERE / "inspect_view.js",
     }
+    table.update({f"/{name}": JS / name for name in CORE_FILES})
     table.update({f"/ort/{name}": ORT_DIST / name for name in ORT_FILES})
     if model is not None:
         table[model_url(model)] = model
