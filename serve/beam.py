@@ -44,9 +44,11 @@ def beam_search(
     count: int,
     automaton: Automaton | None = None,
     bias: np.ndarray | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Finished]:
     """The `count` best finished beams, best first (fewer when fewer texts exist). `start` is (logits (1, V),
-    h, c (L, 1, H)) after the prime; `step(tokens (B,), h, c) -> (logits (B, V), h, c)` advances B rows."""
+    h, c (L, 1, H)) after the prime; `step(tokens (B,), h, c) -> (logits (B, V), h, c)` advances B rows.
+    When `stop()` turns true the search ends there, its live beams finishing as at the length limit."""
     logits, h, c = start
     ids: list[tuple[int, ...]] = [()]  # the live beams, in the order of their ids (smallest first)
     scores = np.zeros(1)  # (B,)
@@ -55,6 +57,8 @@ def beam_search(
     end_id = automaton.end_id if automaton is not None else None
     parent = token = np.zeros(0, dtype=np.int64)  # the kept offers: which beam, which character
     for position in range(length):
+        if stop is not None and stop():
+            break
         if position > 0:  # the kept beams' states, in their new order, read their new characters
             h, c = np.ascontiguousarray(h[:, parent]), np.ascontiguousarray(c[:, parent])  # (L, B, H)
             logits, h, c = step(token.astype(np.int64), h, c)

@@ -79,6 +79,14 @@ class Sampler:
         logits, h, c = self.session.run(None, {"token": tokens, "h": h, "c": c})
         return logits, h, c
 
+    def after(self, prime_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits (1, V), h, c (L, 1, H)) after one sequence has read `prime_ids` from the zero state."""
+        h = np.zeros((self.layers, 1, self.hidden), dtype=np.float32)  # (L, 1, H)
+        c = np.zeros_like(h)
+        for token in prime_ids:
+            logits, h, c = self.step(np.array([token], dtype=np.int64), h, c)
+        return logits, h, c
+
     def runner(self, batch: int) -> StepLoop:
         """A StepLoop advancing `batch` sequences by one character at a time from the zero state."""
         return StepLoop(self.session, self.layers, self.hidden, len(self.vocab), batch, self.on_cuda)
@@ -179,13 +187,8 @@ class Sampler:
             logits = run(ids)
 
     def _search(self, plan: Plan) -> list[Generation]:
-        h = np.zeros((self.layers, 1, self.hidden), dtype=np.float32)  # (L, 1, H)
-        c = np.zeros_like(h)
-        for token in plan.prime_ids:
-            logits, h, c = self.step(np.array([token], dtype=np.int64), h, c)
-        start = (logits, h, c)
         width, count = plan.options.beam_width, plan.options.num_samples
-        found = beam_search(self.step, start, plan.length, width, count, plan.automaton, plan.bias)
+        found = beam_search(self.step, self.after(plan.prime_ids), plan.length, width, count, plan.automaton, plan.bias)
         return [Generation("".join(self.vocab[t] for t in beam.ids), beam.finish, beam.score) for beam in found]
 
     @staticmethod

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(args.max_tokens, args.max_prompt, args.max_body, args.stream_interval, args.max_events, api_key)
     service = Service(sampler, Path(args.model), scheduler, metrics, limits)
     config = uvicorn.Config(build_app(service), log_level="warning", access_log=False, lifespan="off")
-    server = DrainingServer(config, scheduler, args.drain_seconds)
+    server = DrainingServer(config, scheduler, args.drain_seconds, service.beams)
     host, port = sock.getsockname()[:2]
     print(
         f"serving {service.model_id} on http://{host}:{port} ({sampler.device}, "
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     scheduler.start()
+    service.beams.start()
     asyncio.run(server.serve(sockets=[sock]))
     return 0
 

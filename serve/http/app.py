@@ -19,6 +19,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from serve.constrain import Automaton
+from serve.generation import SamplingOptions, bias_vector
+from serve.http.beams import BeamWorker
 from serve.http.completion import Completion, Notifier
 from serve.http.metrics import CONTENT_TYPE, Metrics
 from serve.http.protocol import ApiError, CompletionRequest, parse_completion
@@ -45,8 +48,17 @@ class Limits:
 class Service:
     """The served model, its scheduler and its counters: what the routes share."""
 
-    def __init__(self, sampler: Sampler, model_path: Path, scheduler: Scheduler, metrics: Metrics, limits: Limits):
+    def __init__(
+        self,
+        sampler: Sampler,
+        model_path: Path,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        limits: Limits,
+        beams: BeamWorker | None = None,
+    ):
         self.sampler, self.scheduler, self.metrics, self.limits = sampler, scheduler, metrics, limits
+        self.beams = beams if beams is not None else BeamWorker(sampler, scheduler.max_queue)
         self.model_id = model_path.name
         self.model_card = model_card(sampler, model_path)
         self.streams = 0  # streaming responses under way
@@ -99,6 +111,17 @@ class Service:
         if not len(ids):
             ids = np.array([self.sampler.index.get("\n", 0)], dtype=np.int64)
         return ids, text
+
+    def constraint(self, asked: CompletionRequest) -> tuple[Automaton | None, np.ndarray | None]:
+        """The request's guided_regex or guided_choice compiled over the vocabulary, and its logit_bias as a
+        vector; ApiError 400 for a bad constraint."""
+        options = SamplingOptions(regex=asked.regex, choices=asked.choices, end=asked.end)
+        try:
+            automaton = self.sampler.constraint(options)
+        except SamplerError as e:
+            raise ApiError(400, str(e), "guided_regex" if asked.regex is not None else "guided_choice") from None
+        bias = bias_vector(dict(asked.logit_bias), len(self.sampler.vocab))
+        return automaton, bias
 
     def in_model_form(self, asked: CompletionRequest) -> CompletionRequest:
         """Stop sequences in the model's Unicode form, the form of the text it generates."""
@@ -173,14 +196,15 @@ async def complete(service: Service, request: Request) -> Response:
             )
         ids, text = service.prompt_ids(asked.prompt, asked.unknown)
         asked = service.in_model_form(asked)
+        automaton, bias = service.constraint(asked)
         seed = asked.seed if asked.seed is not None else secrets.randbelow(1 << 53)  # exact in JavaScript too
-        completion = Completion(asked, ids, text, seed, Notifier(asyncio.get_running_loop()))
-        service.scheduler.submit(completion)
+        completion = Completion(asked, ids, text, seed, Notifier(asyncio.get_running_loop()), automaton, bias)
+        (service.beams if asked.beam_width is not None else service.scheduler).submit(completion)
     except ApiError as e:
         return api_error(e)
     except ClientDisconnect:
         return Response(status_code=499)
-    headers = {SEED_HEADER: str(seed)}
+    headers = {SEED_HEADER: str(seed)} if asked.beam_width is None else {}  # a beam search draws nothing
     if asked.stream:
         return StreamingResponse(service.stream(completion), media_type="text/event-stream", headers=headers)
     if not await wait_done(completion, request):

@@ -14,6 +14,7 @@ import uuid
 
 import numpy as np
 
+from serve.constrain import Automaton
 from serve.http.protocol import CompletionRequest
 
 
@@ -61,6 +62,9 @@ class Choice:
         self.logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per char: its log-p, the top ones
         self.prompt_logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per prompt char after the first
         self.tail = ""  # the last characters, for stop matching
+        automaton = completion.automaton
+        self.state = automaton.start if automaton is not None else 0  # where the constraint stands
+        self.score: float | None = None  # beam search: the sum of the characters' log-probabilities
         self.visible = 0  # characters the client may see (a partial stop match is held back)
         self.finish: str | None = None  # "length" or "stop" once done
 
@@ -98,6 +102,16 @@ class Choice:
                     break
         return held
 
+    def allowed(self) -> np.ndarray | None:
+        """The constraint's mask for the next character (None without a constraint)."""
+        automaton = self.completion.automaton
+        return automaton.allowed(self.state) if automaton is not None else None
+
+    def complete(self) -> None:
+        """The constraint ended the text: the end character was drawn, or nothing could follow."""
+        self.visible = len(self.chars)
+        self.finish = "stop"
+
     def end(self) -> None:
         """Ended from outside (the drain's deadline): what it has is its text."""
         if self.finish is None:
@@ -112,9 +126,18 @@ class Completion:
     """A request in flight: its checked options, the seed in use, its choices and how its handler is woken."""
 
     def __init__(
-        self, request: CompletionRequest, prompt_ids: np.ndarray, prompt_text: str, seed: int, notifier: Notifier
+        self,
+        request: CompletionRequest,
+        prompt_ids: np.ndarray,
+        prompt_text: str,
+        seed: int,
+        notifier: Notifier,
+        automaton: Automaton | None = None,
+        bias: np.ndarray | None = None,
     ):
         self.request = request
+        self.automaton = automaton  # the compiled guided_regex or guided_choice
+        self.bias = bias  # (V,) float32 logit_bias, added to the logits first
         self.seed = seed
         # the prompt as the model read it (its Unicode form, unknowns skipped); prompt_ids is never empty: an
         # empty prompt starts from a newline, as Sampler starts

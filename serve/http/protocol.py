@@ -54,6 +54,11 @@ class CompletionRequest:
     logprobs: int | None  # the top next characters to return with their log-probabilities; None = none
     echo: bool  # the prompt first, as the model read it
     unknown: str  # prompt characters the model lacks: `error` names them, `skip` drops them
+    regex: str | None = None  # guided_regex: the generated text matches it in full
+    choices: tuple[str, ...] | None = None  # guided_choice: the generated text is one of them
+    end: str | None = None  # the character that ends a constrained text ("\n" when None)
+    beam_width: int | None = None  # beam search with this many beams (use_beam_search: n of them)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs, added to the logits first
 
 
 def _integer(body: dict, name: str, default, low: int, high: int | None, extra: str = ""):
@@ -90,7 +95,6 @@ def _neutral(body: dict, n: int) -> None:
         "best_of": (None, 1, n),
         "presence_penalty": (None, 0, 0.0),
         "frequency_penalty": (None, 0, 0.0),
-        "logit_bias": (None, {}),
         "suffix": (None, ""),
     }
     for name, allowed in neutral.items():
@@ -156,7 +160,7 @@ def parse_completion(raw: bytes, vocab_size: int, max_tokens: int, max_n: int) -
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, "model must be a string", "model")
-    return CompletionRequest(
+    request = CompletionRequest(
         model=model,
         prompt=_prompt(body),
         max_tokens=_integer(body, "max_tokens", 16, 1, max_tokens, " (this server's --max-tokens)"),
@@ -171,4 +175,71 @@ def parse_completion(raw: bytes, vocab_size: int, max_tokens: int, max_n: int) -
         logprobs=_integer(body, "logprobs", None, 0, MAX_LOGPROBS),
         echo=_boolean(body, "echo"),
         unknown=unknown,
+        logit_bias=_logit_bias(body, vocab_size),
+        **_constraint(body),
+        beam_width=_beam_width(body, n, max_n),
     )
+    if request.beam_width is not None:
+        _check_beam(body, request)
+    return request
+
+
+def _logit_bias(body: dict, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias: {"token id": bias in [-100, 100]}; a token here is a character of the vocabulary."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return ()
+    if not isinstance(bias, dict):
+        raise ApiError(400, "logit_bias must be an object mapping token ids to numbers", "logit_bias")
+    pairs = []
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:
+            raise ApiError(
+                400, f"logit_bias: {key!r} is not a token id of this model (0 to {vocab_size - 1})", "logit_bias"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ApiError(400, f"logit_bias: the bias of token {key} must be a number in [-100, 100]", "logit_bias")
+        pairs.append((int(key), float(value)))
+    return tuple(pairs)
+
+
+def _constraint(body: dict) -> dict:
+    """guided_regex or guided_choice (vLLM's names), and the end character (ours)."""
+    regex, choices, end = body.get("guided_regex"), body.get("guided_choice"), body.get("end")
+    if regex is not None and choices is not None:
+        raise ApiError(400, "give guided_regex or guided_choice, not both", "guided_regex")
+    if regex is not None and not isinstance(regex, str):
+        raise ApiError(400, "guided_regex must be a string", "guided_regex")
+    if choices is not None and (
+        not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices)
+    ):
+        raise ApiError(400, "guided_choice must be a non-empty list of strings", "guided_choice")
+    if end is not None and (not isinstance(end, str) or len(end) != 1):
+        raise ApiError(400, f"end must be one character, got {json.dumps(end)}", "end")
+    if end is not None and regex is None and choices is None:
+        raise ApiError(400, "end applies to a constraint: give guided_regex or guided_choice with it", "end")
+    return {"regex": regex, "choices": None if choices is None else tuple(choices), "end": end}
+
+
+def _beam_width(body: dict, n: int, max_n: int) -> int | None:
+    """beam_width (ours), or vLLM's use_beam_search with n beams."""
+    width = _integer(body, "beam_width", None, 1, max_n, " (this server's --max-batch)")
+    if width is None and _boolean(body, "use_beam_search"):
+        width = n
+    if width is not None and n > width:
+        raise ApiError(400, f"n ({n}) must be at most beam_width ({width}): the n best beams are returned", "n")
+    return width
+
+
+def _check_beam(body: dict, request: CompletionRequest) -> None:
+    """Beam search draws nothing: the sampling fields, stop sequences and logprobs are refused with it."""
+    drawn = {"temperature": 1, "top_p": 1, "top_k": -1, "seed": None, "logprobs": None, "stop": None}
+    given = [name for name, neutral in drawn.items() if body.get(name) not in (None, neutral)]
+    if body.get("top_k") == 0:
+        given.remove("top_k")
+    if given:
+        raise ApiError(
+            400,
+            f"beam search draws nothing and scores by untempered log-probabilities: leave out {', '.join(given)}",
+            given[0],
+        )

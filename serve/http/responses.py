@@ -45,12 +45,15 @@ def choice_body(
         logprobs = logprobs_object(choice.logprobs[start:stop], chars, offset)
         if with_prompt:
             logprobs = merge_logprobs(prompt_logprobs(completion, choice), logprobs)
-    return {
+    body = {
         "index": choice.index,
         "text": (completion.prompt_text + text) if with_prompt else text,
         "logprobs": logprobs,
         "finish_reason": finish,
     }
+    if choice.score is not None:  # ours, under beam search: the sum of the characters' log-probabilities
+        body["score"] = choice.score
+    return body
 
 
 def usage(completion: Completion) -> dict:

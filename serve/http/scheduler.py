@@ -28,6 +28,8 @@ class Scheduler:
         self.max_queue = max_queue  # requests waiting for room
         self.metrics = metrics
         self.batch = Batch(sampler)
+        self.no_bias = np.zeros(len(sampler.vocab), dtype=np.float32)  # (V,): x + 0 is x, bit for bit
+        self.everything = np.ones(len(sampler.vocab), dtype=bool)  # (V,)
         self.rows: list[Choice] = []  # the batch's rows, in its order
         self.lock = threading.Condition()
         self.free = max_batch  # rows neither in the batch nor promised to a joining request
@@ -176,14 +178,39 @@ class Scheduler:
             picking[row.completion.pick_key].append(i)
         picked = 0
         for (top_k, temperature, top_p), group in picking.items():
+            scores, allowed = self._masked(logits, group)
+            stuck = np.zeros(len(group), dtype=bool)
+            if allowed is not None:
+                stuck = ~allowed.any(axis=1)  # nothing can follow: the text is whole
+                allowed[stuck] = True  # they pick anything, and it is thrown away
             draws = np.array([uniform(rows[i].completion.seed, rows[i].index, len(rows[i].chars)) for i in group])
-            ids = Sampler.pick(logits[group], top_k, temperature, top_p, draws)
-            for i, token in zip(group, ids.tolist()):
-                self._accept(rows[i], token, logits[i])
+            ids = Sampler.pick(scores, top_k, temperature, top_p, draws, allowed)
+            for i, token, ends in zip(group, ids.tolist(), stuck.tolist()):
+                row = rows[i]
+                automaton = row.completion.automaton
+                if ends or (automaton is not None and token == automaton.end_id):
+                    row.complete()  # the end character drawn, or nothing could follow: the text is whole
+                    row.completion.notifier.wake()
+                    continue
+                self._accept(row, token, logits[i])
             picked += len(group)
         self.metrics.characters.inc(picked)
         self.metrics.batch_size.observe(len(rows))
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
+
+    def _masked(self, logits: np.ndarray, group: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The group's logits with each request's logit_bias added, and the constraints' masks (None when no row
+        has one); a row with nothing allowed gets all characters, to be thrown away."""
+        rows = self.rows
+        scores = logits[group]
+        biases = [rows[i].completion.bias for i in group]
+        if any(b is not None for b in biases):
+            scores = scores + np.stack([b if b is not None else self.no_bias for b in biases])
+        masks = [rows[i].allowed() for i in group]
+        if all(m is None for m in masks):
+            return scores, None
+        allowed = np.stack([m if m is not None else self.everything for m in masks])  # (G, V)
+        return scores, allowed
 
     def _accept(self, row: Choice, token: int, logits: np.ndarray) -> None:
         completion = row.completion
@@ -193,6 +220,8 @@ class Scheduler:
         if not row.chars and row.index == 0:
             self.metrics.first_char_seconds.observe(time.monotonic() - completion.submitted)
         row.accept(token, self.sampler.vocab[token])
+        if completion.automaton is not None:
+            row.state = completion.automaton.advance(row.state, token)
         if completion.request.stream or completion.done:
             completion.notifier.wake()
 

@@ -8,13 +8,15 @@ import signal
 
 import uvicorn
 
+from serve.http.beams import BeamWorker
 from serve.http.scheduler import Scheduler
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, scheduler: Scheduler, grace: float):
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler, grace: float, beams: BeamWorker):
         super().__init__(config)
         self.scheduler = scheduler
+        self.beams = beams
         self.grace = grace  # seconds the running requests get to finish
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -34,8 +36,10 @@ class DrainingServer(uvicorn.Server):
 
     def drain(self) -> None:
         self.scheduler.begin_drain(self.grace)
+        self.beams.begin_drain(self.grace)
         self.loop.run_in_executor(None, self.exit_when_drained)
 
     def exit_when_drained(self) -> None:
         self.scheduler.drained.wait()
+        self.beams.wait_drained()
         self.should_exit = True
