@@ -84,7 +84,9 @@ def open_page(browser, url: str, block: str | None = None, timeout_ms: int = 60_
     return page
 
 
-def generate(page, prime: str, length: int, top_k="", temperature="1", top_p="", seed="", samples=1) -> list[str]:
+def generate(
+    page, prime: str, length: int, top_k="", temperature="1", top_p="", seed="", samples=1, regex="", choices=(), beam=""
+) -> list[str]:
     """Fill the page's controls, press Generate and wait for the end: the generated text of each sample
     (the prime not included). A message in the page raises it as an AssertionError."""
     for selector, value in (
@@ -95,6 +97,9 @@ def generate(page, prime: str, length: int, top_k="", temperature="1", top_p="",
         ("#top-p", top_p),
         ("#seed", seed),
         ("#samples", samples),
+        ("#regex", regex),
+        ("#choices", "\n".join(choices)),
+        ("#beam", beam),
     ):
         page.fill(selector, str(value))
     page.evaluate("document.body.dataset.state = 'clicked'")  # the last run's 'done' is not this one's

@@ -203,3 +203,37 @@ def test_server_bad_input_is_one_line(trained_onnx, tmp_path):
     assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: it is in use" in one_line_error(busy.stderr)
     wrong = run_cli("-m", "serve.web", str(trained_onnx), "--port", "70000")
     assert wrong.returncode == 2 and "--port must be between 0 and 65535" in one_line_error(wrong.stderr)
+
+
+def test_page_gives_pythons_constrained_texts_and_beams(server, browser, trained_onnx):
+    """The shared constrained cases (tests/data/constrained_cases.json) that the page's fields can say (a regex,
+    choices, a beam width, with the sampling fields): the page's texts are Python's; a bad pattern is the page's
+    one message."""
+    import json
+
+    from helpers import DATA
+
+    python = Sampler(trained_onnx, device="cpu")
+    page = headless.open_page(browser, server)
+    cases = json.loads((DATA / "constrained_cases.json").read_text(encoding="utf-8"))["cases"]
+    shown = [case for case in cases if not {"logit_bias", "end"} & set(case)]
+    assert len(shown) >= 6
+    for case in shown:
+        options = {k: v for k, v in case.items() if k not in ("prime", "length")}
+        want = [g.text for g in python.complete(case["prime"], case["length"], **options)]
+        got = headless.generate(
+            page,
+            case["prime"],
+            case["length"],
+            top_k=case.get("top_k", ""),
+            temperature=case.get("temperature", 1),
+            top_p=case.get("top_p", ""),
+            seed=case.get("seed", ""),
+            samples=case.get("num_samples", 1),
+            regex=case.get("regex", ""),
+            choices=case.get("choices", ()),
+            beam=case.get("beam_width", ""),
+        )
+        assert got == want, case
+    with pytest.raises(AssertionError, match="lookahead"):
+        headless.generate(page, "The ", 10, regex="a(?=b)")

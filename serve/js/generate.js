@@ -88,6 +88,5 @@ export async function searchBeams(sampler, { ids, length, options, automaton, bi
   const found = await beamSearch({ step, logits, vocabSize: sampler.vocab.length, length, width: options.beamWidth,
     count: options.numSamples ?? 1, automaton, bias });
   const results = found.map((beam) => ({ text: beam.ids.map((id) => sampler.vocab[id]).join(''), finish: beam.finish, score: beam.score }));
-  if (options.onChar) for (const result of results.slice(0, 1)) await options.onChar(result.text);
   return results;
 }

@@ -117,6 +117,9 @@ function readOptions() {
     topP: number('top-p', 'top-p', { optional: true }),
     seed: number('seed', 'seed', { integer: true, optional: true }),
     numSamples: number('samples', 'samples', { integer: true }),
+    regex: $('regex').value === '' ? null : $('regex').value,
+    choices: $('choices').value === '' ? null : $('choices').value.split('\n'),
+    beamWidth: number('beam', 'beam width', { integer: true, optional: true }),
   };
 }
 
@@ -127,7 +130,11 @@ async function generate(unknown = 'error') {
   let options;
   try {
     options = readOptions();
+    if (options.beamWidth !== null) { // a beam search draws nothing: the sampling fields take no part
+      Object.assign(options, { topK: null, topP: null, temperature: 1.0, seed: null });
+    }
     sampler.checkOptions(options.length, options);
+    sampler.constraint(options); // a bad pattern is one message before anything runs
   } catch (e) {
     showMessage(e.message);
     return;
@@ -159,9 +166,10 @@ async function generate(unknown = 'error') {
   let positions = 0;
   const start = performance.now();
   let painted = start;
+  let total = null; // the characters of the finished texts, once known
   const showSpeed = () => {
     const seconds = (performance.now() - start) / 1000;
-    const chars = positions * N;
+    const chars = total ?? positions * N;
     $('speed').textContent = `${chars.toLocaleString('en-US')} chars in ${seconds.toFixed(1)} s: `
       + `${Math.round(chars / Math.max(seconds, 1e-3)).toLocaleString('en-US')} chars/s`;
   };
@@ -179,9 +187,16 @@ async function generate(unknown = 'error') {
   running = new AbortController();
   setState('generating');
   try {
-    await sampler.generate(prime, options.length, { ...options, unknown, onChar, signal: running.signal });
-    flush();
+    const generations = await sampler.complete(prime, options.length, { ...options, unknown, onChar, signal: running.signal });
+    pending.forEach((chars) => { chars.length = 0; });
+    generations.forEach((g, n) => { generated[n].textContent = g.text; }); // the whole texts (a search's come at its end)
+    generated.slice(generations.length).forEach((span) => span.parentElement.remove());
+    total = generations.reduce((sum, g) => sum + Array.from(g.text).length, 0);
     showSpeed();
+    const cut = generations.map((g, n) => (g.finish === 'length' ? n + 1 : 0)).filter((n) => n);
+    if ((options.regex !== null || options.choices !== null) && cut.length) {
+      $('speed').textContent += ` (text ${cut.join(', ')} reached the length before the constraint was met)`;
+    }
     setState(running.signal.aborted ? 'stopped' : 'done');
   } catch (e) {
     flush();
