@@ -85,7 +85,17 @@ def open_page(browser, url: str, block: str | None = None, timeout_ms: int = 60_
 
 
 def generate(
-    page, prime: str, length: int, top_k="", temperature="1", top_p="", seed="", samples=1, regex="", choices=(), beam=""
+    page,
+    prime: str,
+    length: int,
+    top_k="",
+    temperature="1",
+    top_p="",
+    seed="",
+    samples=1,
+    regex="",
+    choices=(),
+    beam="",
 ) -> list[str]:
     """Fill the page's controls, press Generate and wait for the end: the generated text of each sample
     (the prime not included). A message in the page raises it as an AssertionError."""

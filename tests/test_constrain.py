@@ -21,8 +21,26 @@ from serve.constrain import DEAD, PatternError, compile_constraint
 from serve.constrain.charsets import CLASSES, case_variants
 
 VOCAB = list("abA0 .é_")  # no end character among them: these tests read acceptance directly
-ATOMS = ["a", "b", "A", "0", " ", "é", "\\.", ".", "[ab]", "[^ab]", "[A-Z0-9]", "\\d", "\\w", "\\W", "\\s",
-         "[-.]", "[\\d_]", "[^\\W\\d]"]
+ATOMS = [
+    "a",
+    "b",
+    "A",
+    "0",
+    " ",
+    "é",
+    "\\.",
+    ".",
+    "[ab]",
+    "[^ab]",
+    "[A-Z0-9]",
+    "\\d",
+    "\\w",
+    "\\W",
+    "\\s",
+    "[-.]",
+    "[\\d_]",
+    "[^\\W\\d]",
+]
 QUANTIFIERS = ["", "", "", "*", "+", "?", "{2}", "{1,3}", "{,2}", "{2,}", "*?", "{0}"]
 SHORT = 4  # the brute force reads every string of up to this many characters
 
@@ -105,7 +123,11 @@ def test_every_mask_against_pythons_re_by_brute_force():
                 for i, ch in enumerate(VOCAB):
                     if mask[i]:
                         after = automaton.advance(state, i)
-                        assert compiled.fullmatch(text + ch + shortest_completion(automaton, after)), (pattern, text, ch)
+                        assert compiled.fullmatch(text + ch + shortest_completion(automaton, after)), (
+                            pattern,
+                            text,
+                            ch,
+                        )
                         grown.append((text + ch, after))
                     else:
                         assert text + ch not in viable, (pattern, text, ch)

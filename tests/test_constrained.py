@@ -66,9 +66,20 @@ def is_prefix_of_a_match(sampler: Sampler, pattern: str, text: str) -> bool:
 def test_every_finished_text_matches_in_full(sampler):
     """Over 12 patterns and 24 seeds each (sampled at temperature 1.3, so the model strays): a text that ended
     matches its pattern in full, and one cut by the length limit is a prefix of a match."""
-    patterns = [r"[A-Z][a-z]{2,11}", r"\d{1,3}(,\d{3})*", r"(?i)the [a-z]+", r"[a-z]+(-[a-z]+)?", r"(yes|no)",
-                r"[^aeiou\W\d_]{2,5}", r"\w+\.\w+\(\)", r"(?:ab|cd|ef)+", r"[a-z ]{5,}\.", r"a?b?c?d?e?",
-                r"[A-Z]{2}\d{2}", r"(def|class) [a-z_]+:"]
+    patterns = [
+        r"[A-Z][a-z]{2,11}",
+        r"\d{1,3}(,\d{3})*",
+        r"(?i)the [a-z]+",
+        r"[a-z]+(-[a-z]+)?",
+        r"(yes|no)",
+        r"[^aeiou\W\d_]{2,5}",
+        r"\w+\.\w+\(\)",
+        r"(?:ab|cd|ef)+",
+        r"[a-z ]{5,}\.",
+        r"a?b?c?d?e?",
+        r"[A-Z]{2}\d{2}",
+        r"(def|class) [a-z_]+:",
+    ]
     for pattern in patterns:
         texts = sampler.complete("The ", 40, regex=pattern, temperature=1.3, seed=11, num_samples=24)
         for g in texts:
@@ -186,8 +197,9 @@ def node() -> str:
 def test_node_gives_pythons_texts_and_beams(sampler, trained_onnx):
     """The shared cases (tests/data/constrained_cases.json) in Node.js: the same texts, finishes and scores."""
     script = ROOT / "tests" / "constrained_cases.mjs"
-    result = subprocess.run([node(), str(script), str(trained_onnx), str(CASES_FILE)], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [node(), str(script), str(trained_onnx), str(CASES_FILE)], capture_output=True, text=True, check=True
+    )
     for case, theirs, ours in zip(CASES, json.loads(result.stdout), python_answers(sampler), strict=True):
         assert_same_generations(theirs, ours, case)
 
@@ -211,8 +223,13 @@ def server(trained_onnx):
 
 def http_body(case: dict, sampler: Sampler) -> dict:
     """A shared case as a completions request, in the service's (vLLM's and OpenAI's) field names."""
-    names = {"regex": "guided_regex", "choices": "guided_choice", "num_samples": "n", "length": "max_tokens",
-             "prime": "prompt"}
+    names = {
+        "regex": "guided_regex",
+        "choices": "guided_choice",
+        "num_samples": "n",
+        "length": "max_tokens",
+        "prime": "prompt",
+    }
     body = {names.get(k, k): v for k, v in case.items() if k != "logit_bias"}
     if "logit_bias" in case:
         body["logit_bias"] = {str(sampler.index[ch]): v for ch, v in case["logit_bias"].items()}
@@ -239,7 +256,11 @@ def test_an_openai_client_sends_vllms_fields(server, sampler):
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
     answer = client.completions.create(
-        model=server.model_id, prompt="The ", max_tokens=30, n=2, extra_body={"guided_regex": "[A-Z][a-z]+", "use_beam_search": True}
+        model=server.model_id,
+        prompt="The ",
+        max_tokens=30,
+        n=2,
+        extra_body={"guided_regex": "[A-Z][a-z]+", "use_beam_search": True},
     )
     want = sampler.complete("The ", 30, regex="[A-Z][a-z]+", beam_width=2, num_samples=2)
     assert [c.text for c in answer.choices] == [g.text for g in want]
@@ -268,7 +289,9 @@ BAD_HTTP = [
 def test_bad_constraints_are_a_400_naming_the_field(server, fields, param, message):
     import httpx
 
-    response = httpx.post(server.url + "/v1/completions", json={"prompt": "The ", "max_tokens": 5, **fields}, timeout=30)
+    response = httpx.post(
+        server.url + "/v1/completions", json={"prompt": "The ", "max_tokens": 5, **fields}, timeout=30
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and message in error["message"] and error["type"] == "invalid_request_error"
@@ -296,7 +319,9 @@ def test_bad_constraints_end_the_clis_in_one_line(trained_onnx, flags, message):
     assert python.returncode == 2 and message in one_line_error(python.stderr), python.stderr
     assert python.stdout == ""
     script = ROOT / "serve" / "js" / "sample.js"
-    js = subprocess.run([node(), str(script), str(trained_onnx), "--length", "5", *flags], capture_output=True, text=True)
+    js = subprocess.run(
+        [node(), str(script), str(trained_onnx), "--length", "5", *flags], capture_output=True, text=True
+    )
     assert js.returncode == 2 and message in one_line_error(js.stderr), js.stderr
     assert js.stdout == ""
 
@@ -304,8 +329,9 @@ def test_bad_constraints_end_the_clis_in_one_line(trained_onnx, flags, message):
 def test_the_clis_give_the_same_constrained_text_and_say_when_it_was_cut(trained_onnx, sampler):
     flags = ["--prime", "x", "--length", "8", "--regex", "[a-z]+\\.", "--seed", "7", "--bias", "e=2"]
     python = run_cli("-m", "serve.sample", str(trained_onnx), *flags)
-    js = subprocess.run([node(), str(ROOT / "serve" / "js" / "sample.js"), str(trained_onnx), *flags],
-                        capture_output=True, text=True)
+    js = subprocess.run(
+        [node(), str(ROOT / "serve" / "js" / "sample.js"), str(trained_onnx), *flags], capture_output=True, text=True
+    )
     text = sampler.complete("x", 8, regex="[a-z]+\\.", seed=7, logit_bias={sampler.index["e"]: 2.0})[0]
     assert python.stdout == js.stdout == "x" + text.text + "\n"
     note = "note: the text reached --length 8 before the constraint was met in full"
