@@ -36,9 +36,21 @@ def rank(finished: list[Finished]) -> list[Finished]:
     return sorted(finished, key=lambda beam: (-beam.score, beam.ids))
 
 
+def best_offers(offers: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `width` best finite offers of (B, V) as (beam, token), by (score desc, (beam, token) asc)."""
+    flat = offers.ravel()
+    if len(flat) > width:  # the width-th best score; every offer at least as good is a candidate (ties too)
+        threshold = -np.partition(-flat, width - 1)[width - 1]
+        candidates = np.flatnonzero((flat >= threshold) & np.isfinite(flat))
+    else:
+        candidates = np.flatnonzero(np.isfinite(flat))
+    order = candidates[np.argsort(-flat[candidates], kind="stable")[:width]]  # stable: (beam, token) asc
+    return np.divmod(order, offers.shape[1])
+
+
 def beam_search(
-    step: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
-    start: tuple[np.ndarray, np.ndarray, np.ndarray],
+    step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    logits: np.ndarray,
     length: int,
     width: int,
     count: int,
@@ -46,10 +58,10 @@ def beam_search(
     bias: np.ndarray | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> list[Finished]:
-    """The `count` best finished beams, best first (fewer when fewer texts exist). `start` is (logits (1, V),
-    h, c (L, 1, H)) after the prime; `step(tokens (B,), h, c) -> (logits (B, V), h, c)` advances B rows.
-    When `stop()` turns true the search ends there, its live beams finishing as at the length limit."""
-    logits, h, c = start
+    """The `count` best finished beams, best first (fewer when fewer texts exist). `logits` (1, V) are the
+    prime's; `step(tokens (B,), parents (B,)) -> logits (B, V)` moves the kept beams' states into their new
+    order (row i takes beam parents[i]'s) and reads their new tokens. When `stop()` turns true the search ends
+    there, its live beams finishing as at the length limit."""
     ids: list[tuple[int, ...]] = [()]  # the live beams, in the order of their ids (smallest first)
     scores = np.zeros(1)  # (B,)
     states = [automaton.start] if automaton is not None else [0]
@@ -59,9 +71,8 @@ def beam_search(
     for position in range(length):
         if stop is not None and stop():
             break
-        if position > 0:  # the kept beams' states, in their new order, read their new characters
-            h, c = np.ascontiguousarray(h[:, parent]), np.ascontiguousarray(c[:, parent])  # (L, B, H)
-            logits, h, c = step(token.astype(np.int64), h, c)
+        if position > 0:
+            logits = step(token, parent)
         logp = log_softmax(logits + bias if bias is not None else logits)  # (B, V)
         if automaton is not None:
             allowed = np.stack([automaton.allowed(s) for s in states])  # (B, V)
@@ -69,21 +80,22 @@ def beam_search(
             finished += [Finished(ids[b], float(scores[b]), "stop") for b in np.flatnonzero(stuck)]
             logp = np.where(allowed, logp, -np.inf)
         offers = scores[:, None] + logp  # (B, V)
-        parent, token = np.nonzero(np.isfinite(offers))  # row-major: (parent, token) ascending, ids' order
-        order = np.argsort(-offers[parent, token], kind="stable")[:width]
-        parent, token = parent[order], token[order]
-        ending = token == end_id if end_id is not None else np.zeros(len(token), dtype=bool)
-        finished += [Finished(ids[b], float(offers[b, v]), "stop") for b, v in zip(parent[ending], token[ending])]
-        keep = np.lexsort((token[~ending], parent[~ending]))  # the new beams in the order of their ids
-        parent, token = parent[~ending][keep], token[~ending][keep]
+        parent, token = best_offers(offers, width)
+        if end_id is not None:
+            ending = token == end_id
+            finished += [Finished(ids[b], float(offers[b, v]), "stop") for b, v in zip(parent[ending], token[ending])]
+            parent, token = parent[~ending], token[~ending]
+        keep = np.lexsort((token, parent))  # the new beams in the order of their ids
+        parent, token = parent[keep], token[keep]
         if len(parent) == 0:
             return rank(finished)[:count]
         scores = offers[parent, token]
-        ids = [ids[b] + (int(v),) for b, v in zip(parent, token)]
+        ids = [ids[b] + (v,) for b, v in zip(parent.tolist(), token.tolist())]
         if automaton is not None:
-            states = [automaton.advance(states[b], int(v)) for b, v in zip(parent, token)]
-        best = rank(finished)[:count]
-        if len(best) == count and best[-1].score > scores.max():
-            return best
+            states = [automaton.advance(states[b], v) for b, v in zip(parent.tolist(), token.tolist())]
+        if len(finished) >= count:
+            best = rank(finished)[:count]
+            if best[-1].score > scores.max():
+                return best
     finished += [Finished(ids[b], float(scores[b]), "length") for b in range(len(ids))]
     return rank(finished)[:count]

@@ -21,7 +21,7 @@ from serve.constrain import Automaton, compile_constraint
 from serve.errors import SamplerError
 from serve.generation import Generation, SamplingOptions, bias_vector, check_options
 from serve.pick import pick, uniform
-from serve.session import StepLoop, load_model
+from serve.session import BeamSteps, StepLoop, load_model
 
 __all__ = ["Generation", "Sampler", "SamplerError", "SamplingOptions", "StepLoop", "load_model", "pick", "uniform"]
 
@@ -162,33 +162,44 @@ class Sampler:
         for token in plan.prime_ids:
             logits = run(np.full(n, token, dtype=np.int64))
         finishes[:] = ["length"] * n
-        states = [automaton.start] * n if automaton is not None else None
-        live = np.ones(n, dtype=bool)
-        everything = np.ones(len(self.vocab), dtype=bool)
+        states = [automaton.start] * n if automaton is not None else []
+        live = [True] * n
         for position in range(plan.length):
             scores = logits + plan.bias if plan.bias is not None else logits
-            allowed = None
-            if automaton is not None:
-                allowed = np.stack([automaton.allowed(s) if s >= 0 else everything for s in states])  # (n, V)
-                ends = live & ~allowed.any(axis=1)  # nothing can follow: the text is complete
-                live &= ~ends
-                allowed[~live] = True  # ended rows pick anything, and it is thrown away
-            draws = np.array([uniform(seed, sample, position) for sample in range(n)])
-            ids = pick(scores, options.top_k, options.temperature, options.top_p, draws, allowed)
-            if automaton is not None:
-                live &= ids != automaton.end_id  # the end character ends a text and is not part of it
-                states = [automaton.advance(s, t) if ok else -1 for s, t, ok in zip(states, ids.tolist(), live)]
-                for i in np.flatnonzero(~live):
-                    finishes[i] = "stop"
-            chars = [self.vocab[t] if ok else "" for t, ok in zip(ids.tolist(), live)]
-            if not live.any():
+            allowed = self._allowed(automaton, states, live, finishes) if automaton is not None else None
+            if not any(live):
                 return
-            yield chars[0] if n == 1 else chars
-            logits = run(ids)
+            draws = np.array([uniform(seed, sample, position) for sample in range(n)])
+            ids = pick(scores, options.top_k, options.temperature, options.top_p, draws, allowed).tolist()
+            for i, token in enumerate(ids) if automaton is not None else ():
+                if not live[i]:
+                    continue
+                if token == automaton.end_id:  # it ends the text and is not part of it
+                    live[i], finishes[i] = False, "stop"
+                else:
+                    states[i] = automaton.advance(states[i], token)
+            if not any(live):
+                return
+            yield self.vocab[ids[0]] if n == 1 else [self.vocab[t] if ok else "" for t, ok in zip(ids, live)]
+            logits = run(np.array(ids, dtype=np.int64))
+
+    def _allowed(self, automaton: Automaton, states: list[int], live: list[bool], finishes: list[str]) -> np.ndarray:
+        """(n, V): each live row's mask; a row that nothing can follow is complete and ends here. Rows that
+        have ended pick anything, and it is thrown away."""
+        masks = [automaton.allowed(s) if ok else None for s, ok in zip(states, live)]
+        for i, mask in enumerate(masks):
+            if mask is not None and not mask.any():
+                live[i], finishes[i], masks[i] = False, "stop", None
+        if len(masks) == 1 and masks[0] is not None:
+            return masks[0][None]  # (1, V), a view
+        everything = np.ones(automaton.vocab_size, dtype=bool)
+        return np.stack([everything if mask is None else mask for mask in masks])
 
     def _search(self, plan: Plan) -> list[Generation]:
         width, count = plan.options.beam_width, plan.options.num_samples
-        found = beam_search(self.step, self.after(plan.prime_ids), plan.length, width, count, plan.automaton, plan.bias)
+        logits, h, c = self.after(plan.prime_ids)
+        steps = BeamSteps(self.session, h, c)
+        found = beam_search(steps, logits, plan.length, width, count, plan.automaton, plan.bias)
         return [Generation("".join(self.vocab[t] for t in beam.ids), beam.finish, beam.score) for beam in found]
 
     @staticmethod

@@ -51,6 +51,42 @@ class StepLoop:
         return self.logits
 
 
+class BeamSteps:
+    """Beam search's step: call(tokens (B,), parents (B,)) -> logits (B, V). Row i continues the state of row
+    parents[i] of the last call (of the prime, at first) and reads tokens[i]. Buffers are bound once per batch
+    size, so a step allocates nothing; the returned logits are overwritten by the next call."""
+
+    def __init__(self, session: ort.InferenceSession, h: np.ndarray, c: np.ndarray):
+        self.session = session
+        self.h, self.c = h, c  # (L, B, H): the last call's states (the prime's, at first)
+        self.bound: dict[int, tuple] = {}
+
+    def _buffers(self, batch: int) -> tuple:
+        found = self.bound.get(batch)
+        if found is None:
+            layers, _, hidden = self.h.shape
+            vocab = self.session.get_outputs()[0].shape[1]
+            token = np.zeros(batch, dtype=np.int64)
+            h_in, c_in, h_out, c_out = (np.zeros((layers, batch, hidden), dtype=np.float32) for _ in range(4))
+            logits = np.zeros((batch, vocab), dtype=np.float32)
+            binding = self.session.io_binding()
+            for name, array in (("token", token), ("h", h_in), ("c", c_in)):
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+            for name, array in (("logits", logits), ("h_out", h_out), ("c_out", c_out)):
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+            found = self.bound[batch] = (binding, token, h_in, c_in, h_out, c_out, logits)
+        return found
+
+    def __call__(self, tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
+        binding, token, h_in, c_in, h_out, c_out, logits = self._buffers(len(tokens))
+        np.take(self.h, parents, axis=1, out=h_in)
+        np.take(self.c, parents, axis=1, out=c_in)
+        token[:] = tokens
+        self.session.run_with_iobinding(binding)
+        self.h, self.c = h_out, c_out
+        return logits
+
+
 def _session_options(threads: int | None, spin: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -13,6 +13,7 @@ from serve.beam import beam_search
 from serve.http.completion import Completion
 from serve.http.protocol import ApiError
 from serve.sampler import Sampler
+from serve.session import BeamSteps
 
 RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
 
@@ -72,9 +73,10 @@ class BeamWorker:
     def _search(self, completion: Completion) -> None:
         request, sampler = completion.request, self.sampler
         prompt = completion.choices[0].prompt_ids
+        logits, h, c = sampler.after(prompt)
         found = beam_search(
-            sampler.step,
-            sampler.after(prompt),
+            BeamSteps(sampler.session, h, c),
+            logits,
             request.max_tokens,
             request.beam_width,
             request.n,
