@@ -147,7 +147,7 @@ def test_the_end_character_never_appears_inside_and_ends_a_full_match():
         assert not automaton.allowed(state)[end]  # not a full match yet
         state = automaton.advance(state, vocab.index(ch))
     assert automaton.allowed(state)[end]  # "a b" matches: the end may come
-    with pytest.raises(PatternError, match="the end '\\\\n' \\(U\\+000A\\) never appears inside a text"):
+    with pytest.raises(PatternError, match="it needs the end character '\\\\n' \\(U\\+000A\\), which never appears"):
         compile_constraint(vocab, regex="a\nb")
     other = compile_constraint(vocab, regex="a\nb", end=" ")  # another end character: the newline is text
     assert other.start != DEAD

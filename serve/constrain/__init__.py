@@ -75,7 +75,8 @@ def choices_tree(choices, index: dict[str, int], end: str, form) -> tuple:
 
 
 def needed(tree: tuple, end: str) -> str:
-    """What the constraint asks for that the vocabulary lacks: its sets that hold no character."""
+    """What the constraint asks for that no character can be: its sets that hold none (the end character among
+    them, which a constrained text never holds)."""
     empty: list[str] = []
 
     def walk(node: tuple) -> None:
@@ -89,8 +90,11 @@ def needed(tree: tuple, end: str) -> str:
             walk(node[1])
 
     walk(tree)
-    if not empty:
-        return ""
-    listed = ", ".join(shown(s) if len(s) == 1 else repr(s) for s in empty[:10])
-    note = f"; the end {shown(end)} never appears inside a text" if end in empty else ""
-    return f": it needs {listed}, which the model's vocabulary lacks{note}"
+    lacking = [s for s in empty if s != end]
+    parts = []
+    if lacking:
+        listed = ", ".join(shown(s) if len(s) == 1 else repr(s) for s in lacking[:10])
+        parts.append(f"it needs {listed}, which the model's vocabulary lacks")
+    if end in empty:
+        parts.append(f"it needs the end character {shown(end)}, which never appears inside a text (choose another end)")
+    return (": " + "; ".join(parts)) if parts else ""

@@ -196,7 +196,10 @@ async def complete(service: Service, request: Request) -> Response:
             )
         ids, text = service.prompt_ids(asked.prompt, asked.unknown)
         asked = service.in_model_form(asked)
-        automaton, bias = service.constraint(asked)
+        if asked.regex is not None or asked.choices is not None:  # a large pattern compiles off the event loop
+            automaton, bias = await asyncio.to_thread(service.constraint, asked)
+        else:
+            automaton, bias = service.constraint(asked)
         seed = asked.seed if asked.seed is not None else secrets.randbelow(1 << 53)  # exact in JavaScript too
         completion = Completion(asked, ids, text, seed, Notifier(asyncio.get_running_loop()), automaton, bias)
         (service.beams if asked.beam_width is not None else service.scheduler).submit(completion)

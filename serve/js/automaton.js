@@ -263,8 +263,14 @@ function needed(tree, end) {
     }
   };
   walk(tree);
-  if (!empty.length) return '';
-  const listed = empty.slice(0, 10).map((s) => (Array.from(s).length === 1 ? shown(s) : pyRepr(s))).join(', ');
-  const note = empty.includes(end) ? `; the end ${shown(end)} never appears inside a text` : '';
-  return `: it needs ${listed}, which the model's vocabulary lacks${note}`;
+  const lacking = empty.filter((s) => s !== end);
+  const parts = [];
+  if (lacking.length) {
+    const listed = lacking.slice(0, 10).map((s) => (Array.from(s).length === 1 ? shown(s) : pyRepr(s))).join(', ');
+    parts.push(`it needs ${listed}, which the model's vocabulary lacks`);
+  }
+  if (empty.includes(end)) {
+    parts.push(`it needs the end character ${shown(end)}, which never appears inside a text (choose another end)`);
+  }
+  return parts.length ? `: ${parts.join('; ')}` : '';
 }
