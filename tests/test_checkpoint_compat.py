@@ -1,4 +1,5 @@
-"""A checkpoint written by an earlier version of the code resumes bitwise with this one."""
+"""A checkpoint written by an earlier version of the code resumes with this one: to the weights that code's
+uninterrupted run reached, within a tolerance across CPUs, and bitwise against itself on this machine."""
 
 from __future__ import annotations
 
@@ -29,26 +30,43 @@ SETTINGS = [
 ]
 
 
-def test_a_checkpoint_of_the_previous_layout_resumes_bitwise(tmp_path):
-    """ckpt_step10.pt came from the code before issue #30's step (pinned, prefetched windows, one read of the
-    device per step, hashed dropout masks; commit 3b9ed87), stopped at step 10 of 20; resumed to 20 by this code,
-    it ends bitwise where that code's uninterrupted run ended (expected_step20.pt). (The files before them came
-    from the code before issue #28's layout and passed the same test until dropout's draws changed.)"""
-    shutil.copy(SAVED / "ckpt_step10.pt", tmp_path / "ckpt.pt")
-    assert run_train(*SETTINGS, f"out_dir={tmp_path}") == 0
-    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+TOLERANCE = 1e-4  # across CPUs the float kernels differ (by the instructions they find); 3e-6 seen on an EPYC
+
+
+def resume(out_dir):
+    shutil.copy(SAVED / "ckpt_step10.pt", out_dir / "ckpt.pt")
+    assert run_train(*SETTINGS, f"out_dir={out_dir}") == 0
+    events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert [e["resumed_from"] for e in events if e.get("start")] == [10]
-    resumed = load_checkpoint(tmp_path / "ckpt.pt")
+    return load_checkpoint(out_dir / "ckpt.pt")
+
+
+def tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The weights, their average, the streams' state and the optimizer's moments, by name."""
+    found = {f"{key}.{name}": value for key in ("model", "train_weights") for name, value in checkpoint[key].items()}
+    found.update({f"streams.{name}": checkpoint["streams"][name] for name in ("h", "c")})
+    for i, state in enumerate(checkpoint["optimizer"]["state"].values()):
+        found.update({f"optimizer.{i}.{name}": state[name] for name in ("exp_avg", "exp_avg_sq", "step")})
+    return found
+
+
+def test_a_checkpoint_of_the_previous_layout_resumes(tmp_path):
+    """ckpt_step10.pt came from the code before issue #30's step (pinned, prefetched windows, one read of the
+    device per step, hashed dropout masks; commit 3b9ed87), stopped at step 10 of 20. Resumed to 20 by this code
+    it ends where that code's uninterrupted run ended (expected_step20.pt, written on another CPU) within
+    TOLERANCE, and bitwise where a second resume of the same file on this machine ends."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = resume(tmp_path / "a"), resume(tmp_path / "b")
     expected = torch.load(SAVED / "expected_step20.pt", weights_only=True)
-    assert resumed["step"] == expected["step"] == 20
-    for key in ("model", "train_weights"):
-        assert resumed[key].keys() == expected[key].keys()
-        for name, value in expected[key].items():
-            assert torch.equal(resumed[key][name], value), f"{key}.{name}"
-    for name in ("h", "c"):
-        assert torch.equal(resumed["streams"][name], expected["streams"][name]), name
-    for got, want in zip(resumed["optimizer"]["state"].values(), expected["optimizer"]["state"].values()):
-        for name in ("exp_avg", "exp_avg_sq", "step"):
-            assert torch.equal(got[name], want[name]), name
-    assert resumed["val_loss"] == expected["val_loss"]
-    assert resumed["best_val_loss"] == expected["best_val_loss"]
+    assert first["step"] == expected["step"] == 20
+    ours, again, theirs = tensors(first), tensors(second), tensors(expected)
+    assert ours.keys() == again.keys() == theirs.keys()
+    for name, value in theirs.items():
+        assert torch.equal(ours[name], again[name]), name
+        assert torch.allclose(ours[name].double(), value.double(), rtol=TOLERANCE, atol=TOLERANCE), (
+            f"{name}: {(ours[name].double() - value.double()).abs().max():.3g} apart"
+        )
+    assert first["val_loss"] == second["val_loss"]
+    assert abs(first["val_loss"] - expected["val_loss"]) < TOLERANCE
+    assert abs(first["best_val_loss"] - expected["best_val_loss"]) < TOLERANCE

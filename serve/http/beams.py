@@ -6,6 +6,7 @@ ends a search at its next position, with what it has."""
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 
@@ -60,6 +61,10 @@ class BeamWorker:
             try:
                 if not completion.cancelled:
                     self._search(completion)
+            except Exception as e:  # the search failed: its request ends with what it has, the worker goes on
+                for choice in completion.choices:
+                    choice.end()
+                print(f"charlstm: a beam search failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             finally:
                 with self.lock:
                     self.waiting -= 1
