@@ -39,13 +39,32 @@ def rank(finished: list[Finished]) -> list[Finished]:
 def best_offers(offers: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The `width` best finite offers of (B, V) as (beam, token), by (score desc, (beam, token) asc)."""
     flat = offers.ravel()
-    if len(flat) > width:  # the width-th best score; every offer at least as good is a candidate (ties too)
+    candidates = np.arange(len(flat))
+    if len(flat) > 4 * width + 4096:  # many offers: only those at least as good as the width-th (ties too)
         threshold = -np.partition(-flat, width - 1)[width - 1]
-        candidates = np.flatnonzero((flat >= threshold) & np.isfinite(flat))
-    else:
-        candidates = np.flatnonzero(np.isfinite(flat))
+        candidates = np.flatnonzero(flat >= threshold)
     order = candidates[np.argsort(-flat[candidates], kind="stable")[:width]]  # stable: (beam, token) asc
+    order = order[np.isfinite(flat[order])]  # -inf (refused) sorts last
     return np.divmod(order, offers.shape[1])
+
+
+class Paths:
+    """The kept beams of every position as pointers (which beam each continued, which token it took), so a
+    step costs the same at any depth; a beam's ids are read back only when it finishes."""
+
+    def __init__(self):
+        self.steps: list[tuple[list[int], list[int]]] = []  # per position: (parents, tokens) of the kept beams
+
+    def add(self, parents: np.ndarray, tokens: np.ndarray) -> None:
+        self.steps.append((parents.tolist(), tokens.tolist()))
+
+    def ids(self, beam: int) -> tuple[int, ...]:
+        """The ids of live beam `beam` of the last position, first to last."""
+        out = []
+        for parents, tokens in reversed(self.steps):
+            out.append(tokens[beam])
+            beam = parents[beam]
+        return tuple(reversed(out))
 
 
 def beam_search(
@@ -62,7 +81,7 @@ def beam_search(
     prime's; `step(tokens (B,), parents (B,)) -> logits (B, V)` moves the kept beams' states into their new
     order (row i takes beam parents[i]'s) and reads their new tokens. When `stop()` turns true the search ends
     there, its live beams finishing as at the length limit."""
-    ids: list[tuple[int, ...]] = [()]  # the live beams, in the order of their ids (smallest first)
+    paths = Paths()  # the live beams, in the order of their ids (smallest first)
     scores = np.zeros(1)  # (B,)
     states = [automaton.start] if automaton is not None else [0]
     finished: list[Finished] = []
@@ -77,25 +96,26 @@ def beam_search(
         if automaton is not None:
             allowed = np.stack([automaton.allowed(s) for s in states])  # (B, V)
             stuck = ~allowed.any(axis=1)
-            finished += [Finished(ids[b], float(scores[b]), "stop") for b in np.flatnonzero(stuck)]
+            finished += [Finished(paths.ids(b), float(scores[b]), "stop") for b in np.flatnonzero(stuck)]
             logp = np.where(allowed, logp, -np.inf)
         offers = scores[:, None] + logp  # (B, V)
         parent, token = best_offers(offers, width)
         if end_id is not None:
             ending = token == end_id
-            finished += [Finished(ids[b], float(offers[b, v]), "stop") for b, v in zip(parent[ending], token[ending])]
+            ended = zip(parent[ending].tolist(), token[ending].tolist())
+            finished += [Finished(paths.ids(b), float(offers[b, v]), "stop") for b, v in ended]
             parent, token = parent[~ending], token[~ending]
         keep = np.lexsort((token, parent))  # the new beams in the order of their ids
         parent, token = parent[keep], token[keep]
         if len(parent) == 0:
             return rank(finished)[:count]
         scores = offers[parent, token]
-        ids = [ids[b] + (v,) for b, v in zip(parent.tolist(), token.tolist())]
+        paths.add(parent, token)
         if automaton is not None:
             states = [automaton.advance(states[b], v) for b, v in zip(parent.tolist(), token.tolist())]
         if len(finished) >= count:
             best = rank(finished)[:count]
             if best[-1].score > scores.max():
                 return best
-    finished += [Finished(ids[b], float(scores[b]), "length") for b in range(len(ids))]
+    finished += [Finished(paths.ids(b), float(scores[b]), "length") for b in range(len(scores))]
     return rank(finished)[:count]
