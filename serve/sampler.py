@@ -162,38 +162,34 @@ class Sampler:
         for token in plan.prime_ids:
             logits = run(np.full(n, token, dtype=np.int64))
         finishes[:] = ["length"] * n
-        states = [automaton.start] * n if automaton is not None else []
-        live = [True] * n
+        states = np.full(n, automaton.start if automaton is not None else 0)  # (n,) where each constraint stands
+        live = np.ones(n, dtype=bool)  # (n,)
         for position in range(plan.length):
             scores = logits + plan.bias if plan.bias is not None else logits
-            allowed = self._allowed(automaton, states, live, finishes) if automaton is not None else None
-            if not any(live):
+            allowed = None
+            if automaton is not None:
+                allowed = automaton.allowed_rows(states)  # (n, V)
+                self._end(live & ~allowed.any(axis=1), live, finishes)  # nothing can follow: the text is whole
+                allowed[~live] = True  # rows that have ended pick anything, and it is thrown away
+            if not live.any():
                 return
             draws = np.array([uniform(seed, sample, position) for sample in range(n)])
-            ids = pick(scores, options.top_k, options.temperature, options.top_p, draws, allowed).tolist()
-            for i, token in enumerate(ids) if automaton is not None else ():
-                if not live[i]:
-                    continue
-                if token == automaton.end_id:  # it ends the text and is not part of it
-                    live[i], finishes[i] = False, "stop"
-                else:
-                    states[i] = automaton.advance(states[i], token)
-            if not any(live):
-                return
-            yield self.vocab[ids[0]] if n == 1 else [self.vocab[t] if ok else "" for t, ok in zip(ids, live)]
-            logits = run(np.array(ids, dtype=np.int64))
+            ids = pick(scores, options.top_k, options.temperature, options.top_p, draws, allowed)
+            if automaton is not None:
+                self._end(live & (ids == automaton.end_id), live, finishes)  # the end is not part of the text
+                states = np.where(live, automaton.advance_rows(states, ids), automaton.start)
+                if not live.any():
+                    return
+            yield self.vocab[ids[0]] if n == 1 else [self.vocab[t] if ok else "" for t, ok in zip(ids.tolist(), live)]
+            logits = run(ids)
 
-    def _allowed(self, automaton: Automaton, states: list[int], live: list[bool], finishes: list[str]) -> np.ndarray:
-        """(n, V): each live row's mask; a row that nothing can follow is complete and ends here. Rows that
-        have ended pick anything, and it is thrown away."""
-        masks = [automaton.allowed(s) if ok else None for s, ok in zip(states, live)]
-        for i, mask in enumerate(masks):
-            if mask is not None and not mask.any():
-                live[i], finishes[i], masks[i] = False, "stop", None
-        if len(masks) == 1 and masks[0] is not None:
-            return masks[0][None]  # (1, V), a view
-        everything = np.ones(automaton.vocab_size, dtype=bool)
-        return np.stack([everything if mask is None else mask for mask in masks])
+    @staticmethod
+    def _end(ending: np.ndarray, live: np.ndarray, finishes: list[str]) -> None:
+        """The rows in `ending` end here, complete ("stop")."""
+        if ending.any():
+            live &= ~ending
+            for i in np.flatnonzero(ending).tolist():
+                finishes[i] = "stop"
 
     def _search(self, plan: Plan) -> list[Generation]:
         width, count = plan.options.beam_width, plan.options.num_samples

@@ -34,8 +34,12 @@ class Automaton:
         self.edges: list[list[tuple[frozenset, int]]] = []
         start, self.accept = self.fragment(tree)
         self.live = self.live_states()
-        self.rows: list[tuple[tuple[int, ...], list[int] | None, np.ndarray | None]] = []
+        self.members: list[tuple[int, ...]] = []  # per deterministic state: its live automaton states
         self.index: dict[tuple[int, ...], int] = {}
+        self.moves = np.zeros((0, len(self.class_members)), dtype=np.int64)  # (S, classes): the next state
+        self.masks = np.zeros((0, vocab_size), dtype=bool)  # (S, V)
+        self.built = np.zeros(0, dtype=bool)  # (S,): its row is filled in
+        self.class_index = np.array(self.class_of, dtype=np.int64)  # (V,)
         self.start = self.state(self.closure([start]))
 
     # ------------------------------------------------------------ the nondeterministic automaton
@@ -126,37 +130,52 @@ class Automaton:
             return DEAD
         found = self.index.get(members)
         if found is None:
-            found = self.index[members] = len(self.rows)
-            self.rows.append((members, None, None))
+            found = self.index[members] = len(self.members)
+            self.members.append(members)
+            if found == len(self.built):  # room for twice as many states
+                grow = max(16, found)
+                self.moves = np.concatenate([self.moves, np.zeros((grow, self.moves.shape[1]), dtype=np.int64)])
+                self.masks = np.concatenate([self.masks, np.zeros((grow, self.vocab_size), dtype=bool)])
+                self.built = np.concatenate([self.built, np.zeros(grow, dtype=bool)])
         return found
 
-    def row(self, state: int) -> tuple[list[int], np.ndarray]:
-        """(the next state per class, the allowed mask over the vocabulary) of a state, built on first use."""
-        members, moves, mask = self.rows[state]
-        if moves is None:
-            moves = []
-            for k in range(len(self.class_members)):
-                targets = [t for s in members for classes, t in self.edges[s] if k in classes]
-                moves.append(self.state(self.closure(targets)))
-            mask = np.zeros(self.vocab_size, dtype=bool)
-            for k, target in enumerate(moves):
-                if target != DEAD:
-                    mask[self.class_members[k]] = True
-            if self.end_id is not None and self.accept in members:
-                mask[self.end_id] = True
-            self.rows[state] = (members, moves, mask)
-        return moves, mask
+    def build(self, state: int) -> None:
+        """A state's row: its next state for each class, and its mask over the vocabulary."""
+        members = self.members[state]
+        for k in range(len(self.class_members)):
+            targets = [t for s in members for classes, t in self.edges[s] if k in classes]
+            self.moves[state, k] = target = self.state(self.closure(targets))
+            if target != DEAD:
+                self.masks[state, self.class_members[k]] = True
+        if self.end_id is not None and self.accept in members:
+            self.masks[state, self.end_id] = True
+        self.built[state] = True
 
     def allowed(self, state: int) -> np.ndarray:
         """(V,) bool: the characters that keep a full match possible, and the end where the text is one."""
-        return self.row(state)[1]
+        if not self.built[state]:
+            self.build(state)
+        return self.masks[state]
 
     def advance(self, state: int, token: int) -> int:
         """The state after `token` (not the end character); DEAD if no full match stays possible."""
-        return self.row(state)[0][self.class_of[token]]
+        if not self.built[state]:
+            self.build(state)
+        return int(self.moves[state, self.class_of[token]])
+
+    def allowed_rows(self, states: np.ndarray) -> np.ndarray:
+        """(n,) states -> (n, V) bool, a new array: allowed() of each."""
+        pending = states[~self.built[states]]
+        for state in np.unique(pending).tolist() if len(pending) else ():
+            self.build(state)
+        return self.masks[states]
+
+    def advance_rows(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """(n,) states (each built, as allowed_rows leaves them) and tokens -> (n,) next states."""
+        return self.moves[states, self.class_index[tokens]]
 
     def accepting(self, state: int) -> bool:
-        return self.accept in self.rows[state][0]
+        return self.accept in self.members[state]
 
 
 def collect_leaves(tree: tuple, out: list[int]) -> None:
