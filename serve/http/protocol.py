@@ -234,7 +234,7 @@ def _beam_width(body: dict, n: int, max_n: int) -> int | None:
 def _check_beam(body: dict, request: CompletionRequest) -> None:
     """Beam search draws nothing: the sampling fields, stop sequences and logprobs are refused with it."""
     drawn = {"temperature": 1, "top_p": 1, "top_k": -1, "seed": None, "logprobs": None, "stop": None}
-    given = [name for name, neutral in drawn.items() if body.get(name) not in (None, neutral)]
+    given = [name for name, neutral in drawn.items() if body.get(name) not in (None, neutral) and body.get(name) != []]
     if body.get("top_k") == 0:
         given.remove("top_k")
     if given:
