@@ -36,16 +36,16 @@ def rank(finished: list[Finished]) -> list[Finished]:
     return sorted(finished, key=lambda beam: (-beam.score, beam.ids))
 
 
-def best_offers(offers: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `width` best finite offers of (B, V) as (beam, token), by (score desc, (beam, token) asc)."""
+def best_offers(offers: np.ndarray, width: int) -> np.ndarray:
+    """The flat indices (beam * V + token) of the `width` best finite offers of (B, V), in index order, which is
+    the order of the new beams' ids; ties at the cut go to the smaller index."""
     flat = offers.ravel()
     candidates = np.arange(len(flat))
     if len(flat) > 4 * width + 4096:  # many offers: only those at least as good as the width-th (ties too)
         threshold = -np.partition(-flat, width - 1)[width - 1]
         candidates = np.flatnonzero(flat >= threshold)
-    order = candidates[np.argsort(-flat[candidates], kind="stable")[:width]]  # stable: (beam, token) asc
-    order = order[np.isfinite(flat[order])]  # -inf (refused) sorts last
-    return np.divmod(order, offers.shape[1])
+    order = candidates[np.argsort(-flat[candidates], kind="stable")[:width]]  # stable: smaller index first
+    return np.sort(order[np.isfinite(flat[order])])  # -inf (refused) sorts last: left out
 
 
 class Paths:
@@ -99,17 +99,15 @@ def beam_search(
             finished += [Finished(paths.ids(b), float(scores[b]), "stop") for b in np.flatnonzero(stuck)]
             logp = np.where(allowed, logp, -np.inf)
         offers = scores[:, None] + logp  # (B, V)
-        parent, token = best_offers(offers, width)
-        if end_id is not None:
-            ending = token == end_id
-            ended = zip(parent[ending].tolist(), token[ending].tolist())
-            finished += [Finished(paths.ids(b), float(offers[b, v]), "stop") for b, v in ended]
-            parent, token = parent[~ending], token[~ending]
-        keep = np.lexsort((token, parent))  # the new beams in the order of their ids
-        parent, token = parent[keep], token[keep]
-        if len(parent) == 0:
+        kept = best_offers(offers, width)  # in the order of the new beams' ids
+        parent, token = np.divmod(kept, offers.shape[1])
+        if end_id is not None and (ending := token == end_id).any():
+            ended = zip(parent[ending].tolist(), offers.ravel()[kept[ending]].tolist())
+            finished += [Finished(paths.ids(b), score, "stop") for b, score in ended]
+            kept, parent, token = kept[~ending], parent[~ending], token[~ending]
+        if len(kept) == 0:
             return rank(finished)[:count]
-        scores = offers[parent, token]
+        scores = offers.ravel()[kept]
         paths.add(parent, token)
         if automaton is not None:
             states = [automaton.advance(states[b], v) for b, v in zip(parent.tolist(), token.tolist())]
