@@ -166,22 +166,44 @@ class Sampler:
         live = np.ones(n, dtype=bool)  # (n,)
         for position in range(plan.length):
             scores = logits + plan.bias if plan.bias is not None else logits
-            allowed = None
-            if automaton is not None:
-                allowed = automaton.allowed_rows(states)  # (n, V)
-                self._end(live & ~allowed.any(axis=1), live, finishes)  # nothing can follow: the text is whole
-                allowed[~live] = True  # rows that have ended pick anything, and it is thrown away
+            allowed = self._masks(automaton, states, live, finishes) if automaton is not None else None
             if not live.any():
                 return
             draws = np.array([uniform(seed, sample, position) for sample in range(n)])
             ids = pick(scores, options.top_k, options.temperature, options.top_p, draws, allowed)
             if automaton is not None:
-                self._end(live & (ids == automaton.end_id), live, finishes)  # the end is not part of the text
-                states = np.where(live, automaton.advance_rows(states, ids), automaton.start)
+                states = self._advance(automaton, states, ids, live, finishes)
                 if not live.any():
                     return
             yield self.vocab[ids[0]] if n == 1 else [self.vocab[t] if ok else "" for t, ok in zip(ids.tolist(), live)]
             logits = run(ids)
+
+    def _masks(self, automaton: Automaton, states: np.ndarray, live: np.ndarray, finishes: list[str]) -> np.ndarray:
+        """(n, V): each row's mask. A row that nothing can follow is whole and ends here; rows that have ended
+        pick anything, and it is thrown away. One row is read without array work: it is the common case."""
+        if len(states) == 1:
+            mask = automaton.allowed(int(states[0]))
+            if not mask.any():
+                live[0], finishes[0] = False, "stop"
+            return mask[None]
+        allowed = automaton.allowed_rows(states)  # (n, V)
+        self._end(live & ~allowed.any(axis=1), live, finishes)
+        allowed[~live] = True
+        return allowed
+
+    def _advance(
+        self, automaton: Automaton, states: np.ndarray, ids: np.ndarray, live: np.ndarray, finishes: list[str]
+    ) -> np.ndarray:
+        """The rows' next states; a row that drew the end ends (the end is not part of its text)."""
+        if len(states) == 1:
+            token = int(ids[0])
+            if token == automaton.end_id:
+                live[0], finishes[0] = False, "stop"
+            else:
+                states[0] = automaton.advance(int(states[0]), token)
+            return states
+        self._end(live & (ids == automaton.end_id), live, finishes)
+        return np.where(live, automaton.advance_rows(states, ids), automaton.start)
 
     @staticmethod
     def _end(ending: np.ndarray, live: np.ndarray, finishes: list[str]) -> None:
