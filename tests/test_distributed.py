@@ -213,7 +213,13 @@ def test_max_steps_auto_on_two_processes(data, tmp_path):
     plans = [e for e in events if "seconds_per_step" in e]
     assert plans and plans[0]["revised"] is None
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
-    assert ckpt["step"] == ckpt["max_steps"] == plans[-1]["max_steps"]
+    assert ckpt["max_steps"] == plans[-1]["max_steps"]
+    # Two processes on two busy cores: the last steps may slow down after the last revision, and then the clock,
+    # which both processes also obey together, ends the run; the schedule ends it otherwise.
+    if "(stopped by train.max_minutes=0.1)" in result.stdout.strip().splitlines()[-1]:
+        assert plans[-1]["step"] <= ckpt["step"] < ckpt["max_steps"]
+    else:
+        assert ckpt["step"] == ckpt["max_steps"]
 
 
 def test_non_finite_skip_is_agreed(data, tmp_path):
