@@ -28,8 +28,9 @@ class Finished:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """(B, V) float32 -> (B, V) float64, the sum of the exponentials taken left to right (as JavaScript adds)."""
     x = logits.astype(np.float64)
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - np.log(np.cumsum(np.exp(shifted), axis=1)[:, -1:])
+    x -= x.max(axis=1, keepdims=True)
+    x -= np.log(np.exp(x).cumsum(axis=1)[:, -1:])
+    return x
 
 
 def rank(finished: list[Finished]) -> list[Finished]:
@@ -38,14 +39,17 @@ def rank(finished: list[Finished]) -> list[Finished]:
 
 def best_offers(offers: np.ndarray, width: int) -> np.ndarray:
     """The flat indices (beam * V + token) of the `width` best finite offers of (B, V), in index order, which is
-    the order of the new beams' ids; ties at the cut go to the smaller index."""
+    the order of the new beams' ids; ties at the cut go to the smaller index. A partition finds the cut in
+    linear time, where sorting every offer would cost more than the rest of a position."""
     flat = offers.ravel()
-    candidates = np.arange(len(flat))
-    if len(flat) > 4 * width + 4096:  # many offers: only those at least as good as the width-th (ties too)
-        threshold = -np.partition(-flat, width - 1)[width - 1]
-        candidates = np.flatnonzero(flat >= threshold)
-    order = candidates[np.argsort(-flat[candidates], kind="stable")[:width]]  # stable: smaller index first
-    return np.sort(order[np.isfinite(flat[order])])  # -inf (refused) sorts last: left out
+    if len(flat) <= width:
+        return np.flatnonzero(np.isfinite(flat))
+    cut = np.partition(flat, len(flat) - width)[len(flat) - width]  # the width-th best offer
+    if cut == -np.inf:  # fewer finite offers than beams: all of them
+        return np.flatnonzero(flat > cut)
+    kept = flat > cut  # fewer than `width`; the offers equal to the cut fill up, the smaller indices first
+    kept[np.flatnonzero(flat == cut)[: width - np.count_nonzero(kept)]] = True
+    return np.flatnonzero(kept)
 
 
 class Paths:

@@ -16,7 +16,7 @@ import pytest
 from helpers import DATA, ROOT, one_line_error, run_cli
 from test_sampling_math import assert_follows
 
-from serve.beam import log_softmax
+from serve.beam import best_offers, log_softmax
 from serve.sampler import Sampler, SamplingOptions
 
 CASES_FILE = DATA / "constrained_cases.json"
@@ -140,6 +140,20 @@ def exhaustive(sampler: Sampler, prime: str, texts: list[str], end: str | None) 
             score += float(log_softmax(logits)[0, sampler.index[ch]])
         scored.append((score, text))
     return sorted(scored, key=lambda st: (-st[0], [sampler.index[c] for c in st[1]]))
+
+
+def test_the_kept_offers_are_the_best_with_ties_to_the_smaller_index():
+    """best_offers against a full sort by (offer desc, index asc), on offers with many ties and refusals (-inf):
+    the first `width` finite ones, returned in index order."""
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        beams, vocab, width = (int(n) for n in rng.integers(1, [6, 9, 12]))
+        offers = np.round(rng.normal(size=(beams, vocab)) * 2) / 2  # half-units: ties at every cut
+        offers[rng.random(offers.shape) < rng.random()] = -np.inf
+        flat = offers.ravel()
+        ranked = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+        expected = sorted(i for i in ranked[:width] if np.isfinite(flat[i]))
+        assert best_offers(offers, width).tolist() == expected, (offers, width)
 
 
 def test_beam_search_is_exact_where_it_covers_every_text(sampler):
