@@ -81,7 +81,7 @@ def main() -> int:
     figures = {"python": platform.python_version(), "packages": found, "missing": missing}
     if "torch" in found:
         figures |= gpu()
-        from trainer.precision import choose_precision, device_type
+        from trainer.dist.precision import choose_precision, device_type
 
         figures["auto_precision"] = choose_precision("auto", device_type()).mode
     figures |= driver()

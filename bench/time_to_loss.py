@@ -71,7 +71,7 @@ def main() -> None:
     seed = seed_curve(args.seed_seconds, args.seed_every)
     target = seed[-1][1]
     print(f"seed's method: {target:.4f} nats after {seed[-1][0]:.0f} s of training", flush=True)
-    from trainer.precision import choose_precision, device_type
+    from trainer.dist.precision import choose_precision, device_type
 
     runs = ROOT / "runs" / "time_to_loss" / choose_precision("auto", device_type()).mode  # kept: export reads it
     shutil.rmtree(runs, ignore_errors=True)

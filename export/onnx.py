@@ -33,8 +33,9 @@ from torch import nn
 
 from export.verify import PARITY_CHARS, PRIME_CHARS, verify
 from trainer.checkpoint import load_checkpoint
-from trainer.config import ConfigError, UserError, from_dict
+from trainer.config import ConfigError, from_dict
 from trainer.data import load_corpus, split, user_cache_dir
+from trainer.errors import UserError
 from trainer.model import CharLSTM, build_model
 
 DEFAULT_OPSET = 18

@@ -18,7 +18,7 @@ SETTINGS = [
     f"data.path={ENGLISH}",
     "model.embed=8",
     "model.hidden=24",
-    "model.dropout=0",  # dropout's masks changed with issue #30 (one hashed draw per step)
+    "model.dropout=0",  # the code that wrote SAVED drew its dropout masks otherwise
     "model.weight_drop=0.1",
     "model.locked_dropout=true",
     "train.ema_decay=0.9",
@@ -51,8 +51,7 @@ def tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 def test_a_checkpoint_of_the_previous_layout_resumes(tmp_path):
-    """ckpt_step10.pt came from the code before issue #30's step (pinned, prefetched windows, one read of the
-    device per step, hashed dropout masks; commit 3b9ed87), stopped at step 10 of 20. Resumed to 20 by this code
+    """ckpt_step10.pt came from an earlier version of the code (commit 3b9ed87), stopped at step 10 of 20. Resumed to 20 by this code
     it ends where that code's uninterrupted run ended (expected_step20.pt, written on another CPU) within
     TOLERANCE, and bitwise where a second resume of the same file on this machine ends."""
     (tmp_path / "a").mkdir()

@@ -7,8 +7,8 @@ import torch
 from helpers import run_train
 
 from trainer.checkpoint import load_checkpoint
+from trainer.dist.precision import choose_precision
 from trainer.model import CharLSTM
-from trainer.precision import choose_precision
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")]
 

@@ -82,3 +82,46 @@ def test_every_command_written_names_a_program_that_answers_help():
     for script in sorted(scripts):
         result = subprocess.run([str(ROOT / script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and result.stdout.strip(), f"./{script} --help: {result.stderr[-500:]}"
+
+
+PATH = re.compile(r"(?<![\w/.-])((?:trainer|serve|export|bench|tests|docs|configs|examples|\.ci)/[\w./-]*\w)")
+JS_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def commentary(path: Path) -> str:
+    """What a file says to its reader: Python's comments and docstrings, JavaScript's comments, the comments of
+    shell and config files, a page's whole text. Code and data strings are left out (a test may name a file
+    that does not exist on purpose)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".md":
+        return text
+    if path.suffix in (".js", ".mjs"):
+        return "\n".join(JS_COMMENT.findall(text))
+    if path.suffix != ".py":
+        return "\n".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    import io
+    import tokenize
+
+    parts, previous = [], tokenize.NEWLINE
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT:
+            parts.append(token.string)
+        elif token.type == tokenize.STRING and previous in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            parts.append(token.string)  # a docstring: a string that is a statement of its own
+        if token.type not in (tokenize.NL, tokenize.COMMENT):
+            previous = token.type
+    return "\n".join(parts)
+
+
+def test_every_path_a_comment_or_page_names_exists():
+    """A file path named in a comment, a docstring or a page (`trainer/dist/precision.py`, `docs/config.md`)
+    points to a file or folder of the repository: moved files leave no stale pointers behind."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    suffixes = (".py", ".js", ".mjs", ".md", ".sh", ".yaml", ".toml", ".sbatch")
+    missing = []
+    for name in listed.split():
+        path = ROOT / name
+        if name.endswith(suffixes) and path.is_file() and "node_modules" not in name:
+            named = {match.rstrip(".") for match in PATH.findall(commentary(path))}
+            missing += [f"{name}: {target}" for target in sorted(named) if not (ROOT / target).exists()]
+    assert not missing, missing

@@ -144,7 +144,7 @@ def test_reads_a_bf16_checkpoint(corpus_100k, tmp_path):
     """A checkpoint trained in bf16 exports, samples and scores, here and on a CPU without native bf16."""
     from helpers import run_cli
 
-    from trainer.precision import cpu_runs_bf16_lstm
+    from trainer.dist.precision import cpu_runs_bf16_lstm
 
     if not cpu_runs_bf16_lstm():
         pytest.skip("this CPU cannot train in bf16 (no AVX-512 BF16 or AMX in oneDNN)")

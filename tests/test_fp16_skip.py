@@ -50,7 +50,9 @@ def test_apply_update_logs_the_skip():
     events: list[dict] = []
     state = TrainState(step=7, h=torch.zeros(1, 1, 1), c=torch.zeros(1, 1, 1))
     verdict = Verdict(non_finite=False, signalled=False, out_of_time=False, plan_now=False)
-    apply_update(verdict, state, optimizer=optimizer, precision_mode="fp16", average=None, bare=None, log=events.append)
+    apply_update(
+        verdict, state, optimizer=optimizer, precision_mode="fp16", average=None, unwrapped=None, log=events.append
+    )
     assert events == [{"step": 7, "skipped": "fp16 gradient overflow; loss scale lowered"}] and state.step == 8
 
 
@@ -67,7 +69,7 @@ def test_the_scale_is_read_again_after_a_non_finite_skip():
     for gradient, verdict in [(2.0, good), (float("inf"), good._replace(non_finite=True)), (2.0, good)]:
         scaler.scale((weight * gradient).sum()).backward()
         apply_update(
-            verdict, state, optimizer=optimizer, precision_mode="fp16", average=None, bare=None, log=events.append
+            verdict, state, optimizer=optimizer, precision_mode="fp16", average=None, unwrapped=None, log=events.append
         )
     assert scaler.get_scale() < 1024.0  # the skipped step lowered it
     assert events == [{"step": 1, "skipped": "non-finite loss or gradient norm"}] and state.step == 3

@@ -1,4 +1,4 @@
-"""The step keeps the host ahead of the device (issue #30): windows prepared one step ahead, equal to what the
+"""The step keeps the host ahead of the device: windows prepared one step ahead, equal to what the
 streams give whatever the order of the steps asked, and one read of the device per step, in host_read.
 The CUDA side (pinned copies, and no other wait under torch.cuda.set_sync_debug_mode("error")) is in
 test_cuda.py."""
@@ -12,10 +12,10 @@ import torch
 from helpers import EMPTY_CONFIG, ROOT, TINY
 
 from trainer.config import load_config
-from trainer.data.feeder import WindowFeeder
+from trainer.feeder import WindowFeeder
 from trainer.regularize import noisy_inputs, state_resets
 from trainer.run import Run
-from trainer.step import Budget, StopFlags
+from trainer.stopping import Budget, StopFlags
 from trainer.train import take_step
 
 
@@ -89,4 +89,4 @@ def test_a_step_reads_the_device_once_in_host_read(corpus_100k, tmp_path, monkey
     finally:
         monkeypatch.undo()
         run.feeder.close()
-    assert len(reads) == 3 and all(read.startswith("host_sync.py:") for read in reads), reads
+    assert len(reads) == 3 and all(read.startswith("dist/host_sync.py:") for read in reads), reads

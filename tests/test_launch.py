@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers import ROOT, one_line_error
 
-from trainer.launch_plan import LaunchError, plan, slurm_hosts
+from trainer.launch.plan import LaunchError, plan, slurm_hosts
 
 PY = "python"
 ARGS = ["configs/tiny.yaml", "train.max_steps=5"]
@@ -28,7 +28,8 @@ def test_a_cpu_runs_one_process():
 
 def test_nproc_on_a_cpu_is_torchrun_sharing_the_cores():
     chosen = plan({"NPROC": "2"}, gpus=0, cores=8, args=ARGS, python=PY)
-    assert chosen.command[:6] == [PY, "-m", "trainer.elastic", "torchrun", "--standalone", "--nproc_per_node"]
+    wrapper = [PY, "-m", "trainer.launch.exit_status"]
+    assert chosen.command[:6] == [*wrapper, "torchrun", "--standalone", "--nproc_per_node"]
     assert after(chosen.command, "--nproc_per_node") == "2" and after(chosen.command, "--max-restarts") == "0"
     assert chosen.restarts == 3  # the launcher restarts dead workers, torchrun does not (it would retry errors)
     assert chosen.command[-4:] == TRAIN
@@ -43,7 +44,7 @@ def test_nproc_on_a_cpu_is_torchrun_sharing_the_cores():
 def test_gpus():
     assert plan({}, gpus=1, cores=8, args=ARGS, python=PY).launcher == "python"
     several = plan({}, gpus=4, cores=8, args=ARGS, python=PY)
-    assert several.command[:5] == [PY, "-m", "trainer.elastic", "accelerate", "--multi_gpu"]
+    assert several.command[:5] == [PY, "-m", "trainer.launch.exit_status", "accelerate", "--multi_gpu"]
     assert after(several.command, "--max_restarts") == "0" and several.restarts == 3
     assert after(several.command, "--num_processes") == "4" and after(several.command, "--mixed_precision") == "no"
     assert "--num_machines" not in several.command and several.command[-4:] == TRAIN
@@ -182,7 +183,8 @@ def test_dry_run_prints_the_command_and_exits():
     result = launch_sh("--dry-run", "configs/tiny.yaml", "train.max_steps=5", env={"NPROC": "2"})
     assert result.returncode == 0 and result.stderr == ""
     [line] = result.stdout.splitlines()
-    assert "trainer.elastic torchrun --standalone --nproc_per_node 2" in line and line.endswith("train.max_steps=5")
+    assert "trainer.launch.exit_status torchrun --standalone --nproc_per_node 2" in line
+    assert line.endswith("train.max_steps=5")
 
 
 @pytest.mark.parametrize(
@@ -214,11 +216,11 @@ def test_a_worker_that_fails_after_its_run_ended_is_not_a_failure(tmp_path, ende
     import sys
 
     worker = tmp_path / "worker.py"
-    mark = "from trainer.elastic import mark_done; mark_done(); " if ended else ""
+    mark = "from trainer.launch.exit_status import mark_done; mark_done(); " if ended else ""
     worker.write_text(f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); {mark}os.abort()\n")
     done = tmp_path / "done"
     done.mkdir()
-    command = [sys.executable, "-m", "trainer.elastic", "torchrun", "--standalone", "--nproc_per_node", "1"]
+    command = [sys.executable, "-m", "trainer.launch.exit_status", "torchrun", "--standalone", "--nproc_per_node", "1"]
     result = subprocess.run(
         [*command, "--max-restarts", "0", str(worker)],
         cwd=ROOT,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from trainer.dist.precision import cpu_runs_bf16_lstm
 from trainer.model import CharLSTM
-from trainer.precision import cpu_runs_bf16_lstm
 
 
 def test_step_equals_forward():

@@ -1,6 +1,6 @@
-"""A lost peer on NCCL ends in gloo's one line (trainer/peers.py), checked on the CPU: the environment asked for
-before the process group starts, the process group's error read after a collective (a fake group: no GPU here),
-and the one line main() gives for it. Not run on real GPUs: no machine with several has been available."""
+"""A lost peer on NCCL ends in gloo's one line (trainer/dist/peer_faults.py), checked on the CPU: the environment
+asked for before the process group starts, the process group's error read after a collective (a fake group, so that
+the test needs no GPU), and the one line main() gives for it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch._C._distributed_c10d import ErrorType
 
 import trainer.train
 from trainer.config import Config
-from trainer.launch_plan import plan
-from trainer.peers import PeerError, check_peers, process_group_env
+from trainer.dist.peer_faults import PeerError, check_peers, process_group_env
+from trainer.launch.plan import plan
 
 VARIABLE = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
 KEPT = "the last checkpoint is kept: rerun to resume"
@@ -41,7 +41,7 @@ def test_the_launch_on_gpus_sets_it_for_torchelastic_and_the_cpu_launch_does_not
 
 
 def test_the_cpu_path_leaves_the_environment_alone(monkeypatch):
-    from trainer.precision import make_accelerator
+    from trainer.dist.precision import make_accelerator
 
     monkeypatch.delenv(VARIABLE, raising=False)
     before = dict(os.environ)

@@ -20,7 +20,8 @@ from trainer.evaluate import evaluate_loss, sample_text
 from trainer.model import CharLSTM
 from trainer.regularize import activation_penalty, dropout_masks, noisy_inputs, state_resets
 from trainer.run import Run
-from trainer.step import Budget, StopFlags, agree, compute_gradients, lr_at
+from trainer.step import agree, compute_gradients, lr_at
+from trainer.stopping import Budget, StopFlags
 
 
 def config(*overrides: str):
@@ -35,7 +36,13 @@ def gradients(run: Run) -> torch.Tensor:
     """compute_gradients on the run's parts and its train state."""
     window = run.feeder.window(run.state.step)
     return compute_gradients(
-        run.state, window, cfg=run.cfg, model=run.model, accelerator=run.accelerator, first=run.first, last=run.last
+        run.state,
+        window,
+        cfg=run.cfg,
+        model=run.model,
+        accelerator=run.accelerator,
+        start=run.stream_start,
+        stop=run.stream_stop,
     )
 
 
@@ -55,7 +62,7 @@ def clip_and_agree(run: Run, loss: torch.Tensor) -> None:
 
 
 def grad_norm(run: Run) -> float:
-    return torch.cat([p.grad.flatten() for p in run.bare.parameters() if p.grad is not None]).norm().item()
+    return torch.cat([p.grad.flatten() for p in run.unwrapped.parameters() if p.grad is not None]).norm().item()
 
 
 def test_gradient_clipping_leaves_the_optimizer_gradients_of_norm_grad_clip(corpus_100k, tmp_path):
@@ -63,12 +70,12 @@ def test_gradient_clipping_leaves_the_optimizer_gradients_of_norm_grad_clip(corp
     exactly (and in the same direction); below the limit, or with grad_clip=0, they are left as they are."""
     run = start(corpus_100k, tmp_path, "train.grad_clip=0.05")
     loss = gradients(run)
-    raw = [p.grad.clone() for p in run.bare.parameters()]
+    raw = [p.grad.clone() for p in run.unwrapped.parameters()]
     raw_norm = grad_norm(run)
     assert raw_norm > 4 * 0.05  # the first step of a fresh model: far above the limit
     clip_and_agree(run, loss)
     assert grad_norm(run) == pytest.approx(0.05, rel=1e-4)
-    for before, p in zip(raw, run.bare.parameters()):  # scaled, not changed in direction
+    for before, p in zip(raw, run.unwrapped.parameters()):  # scaled, not changed in direction
         torch.testing.assert_close(p.grad, before * (0.05 / raw_norm), rtol=1e-4, atol=1e-9)
     for limit in ("1000", "0"):  # above the norm, and off
         run = start(corpus_100k, tmp_path / limit, f"train.grad_clip={limit}")
@@ -119,26 +126,26 @@ def test_dropout_is_on_in_training_only(corpus_100k, tmp_path):
     assert abs((~masks).float().mean().item() - 0.3) < binomial_bound(masks.numel(), 0.3)
     dropped = start(corpus_100k, tmp_path, "model.dropout=0.5")
     plain = start(corpus_100k, tmp_path / "plain", "model.dropout=0")
-    plain.bare.load_state_dict(dropped.bare.state_dict())
+    plain.unwrapped.load_state_dict(dropped.unwrapped.state_dict())
     assert gradients(dropped).item() != gradients(plain).item()
     # the head sees about half of its inputs, doubled: its gradient is far from the one without dropout
-    assert not torch.allclose(dropped.bare.head.weight.grad, plain.bare.head.weight.grad, rtol=0.1, atol=0)
+    assert not torch.allclose(dropped.unwrapped.head.weight.grad, plain.unwrapped.head.weight.grad, rtol=0.1, atol=0)
 
     one_process = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext, reduce=lambda t, reduction: t)
-    dropped.bare.train()
-    plain.bare.train()
-    assert evaluate_loss(dropped.bare, dropped.evals, 0, 8, one_process) == evaluate_loss(
-        plain.bare, plain.evals, 0, 8, one_process
+    dropped.unwrapped.train()
+    plain.unwrapped.train()
+    assert evaluate_loss(dropped.unwrapped, dropped.evals, 0, 8, one_process) == evaluate_loss(
+        plain.unwrapped, plain.evals, 0, 8, one_process
     )
     t = dropped.cfg.train
-    assert sample_text(dropped.bare.train(), dropped.corpus.vocab, "The ", t) == sample_text(
-        plain.bare.train(), plain.corpus.vocab, "The ", t
+    assert sample_text(dropped.unwrapped.train(), dropped.corpus.vocab, "The ", t) == sample_text(
+        plain.unwrapped.train(), plain.corpus.vocab, "The ", t
     )
     tokens = torch.tensor([3, 7, 1])
-    h, c = dropped.bare.zero_state(3)
-    for model in (dropped.bare.train(), plain.bare.eval()):  # the step that export traces and sampling runs
+    h, c = dropped.unwrapped.zero_state(3)
+    for model in (dropped.unwrapped.train(), plain.unwrapped.eval()):  # the step that export traces and sampling runs
         logits, _, _ = model.step(tokens, h, c)
-        torch.testing.assert_close(logits, plain.bare.eval().step(tokens, h, c)[0], rtol=0, atol=0)
+        torch.testing.assert_close(logits, plain.unwrapped.eval().step(tokens, h, c)[0], rtol=0, atol=0)
 
 
 def binomial_bound(n: int, p: float) -> float:

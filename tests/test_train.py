@@ -20,7 +20,7 @@ from helpers import (
 )
 
 from trainer.checkpoint import load_checkpoint
-from trainer.precision import cpu_runs_bf16_lstm
+from trainer.dist.precision import cpu_runs_bf16_lstm
 
 
 def digest(path) -> str:
@@ -80,10 +80,10 @@ def test_loss_falls_on_english(trained_run):
 
 def stop_after(monkeypatch, steps: int) -> None:
     """Make the run behave as if SIGTERM arrived during step `steps` (the loop polls once per step)."""
-    import trainer.step
+    import trainer.stopping
     import trainer.train as train_module
 
-    class StopLater(trainer.step.StopFlags):
+    class StopLater(trainer.stopping.StopFlags):
         polls = 0
 
         def install(self):
@@ -251,7 +251,7 @@ def test_quickstart_precision_auto(corpus_100k, tmp_path, capped):
 
 
 def test_bf16_where_it_cannot_run_is_one_line(corpus_100k, tmp_path):
-    probe = run_cli("-c", "from trainer.precision import cpu_runs_bf16_lstm as f; print(f())", env=AVX2)
+    probe = run_cli("-c", "from trainer.dist.precision import cpu_runs_bf16_lstm as f; print(f())", env=AVX2)
     if probe.stdout.strip() != "False":
         pytest.skip("ONEDNN_MAX_CPU_ISA=AVX2 does not take bf16 away on this CPU")
     result = quickstart(tmp_path / "run", f"data.path={corpus_100k}", "train.mixed_precision=bf16", env=AVX2)
@@ -348,7 +348,7 @@ def test_a_sample_that_failed_on_the_main_process_ends_every_process():
             "validation split has 2 characters, too few for 2 streams",
         ),
         (None, ["train.bogus=1"], "unknown config key 'train.bogus'"),
-        (None, ["model.hidden=wide"], "config key 'model.hidden': expected int"),
+        (None, ["model.hidden=wide"], "config key 'model.hidden' must be an integer, got 'wide'"),
         (None, ["model.layers=0"], "'model.layers' must be > 0"),
         (None, ["train.seq_len=-1"], "'train.seq_len' must be > 0"),
         (None, ["train.lr=1e38"], "config key 'train.lr' must be in (0, 1], got 1e+38"),  # AdamW overflowed
@@ -544,20 +544,21 @@ def test_max_steps_auto_revises_up_early_and_down_any_time(monkeypatch):
     machine changes nothing; a machine that slows down shortens the run at once."""
     from types import SimpleNamespace
 
-    import trainer.step
+    import trainer.stopping
     from trainer.state import TrainState
-    from trainer.step import Budget
+    from trainer.stopping import Budget
 
     clock = [0.0]
-    monkeypatch.setattr(trainer.step.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(trainer.stopping.time, "monotonic", lambda: clock[0])
     cfg = SimpleNamespace(train=SimpleNamespace(max_minutes=10, max_steps="auto", eval_every=500))
     events = []
     accelerator = SimpleNamespace(num_processes=1, is_main_process=True, device="cpu")
     budget = Budget(cfg, accelerator, events.append, lambda line: None)
     state = TrainState()
 
-    def evaluate() -> None:
+    def evaluate() -> None:  # an evaluation of 2 s, reported to the budget as the training loop does
         clock[0] += 2.0
+        budget.replan(state, 2.0)
 
     def train_until(step: int, seconds_per_step: float) -> None:
         while state.step < step:
@@ -565,20 +566,20 @@ def test_max_steps_auto_revises_up_early_and_down_any_time(monkeypatch):
             clock[0] += seconds_per_step
             state.step += 1
             if planning:
-                budget.evaluate(evaluate, state)
+                evaluate()
 
     train_until(200, 0.3)  # planned after 20 steps and 3% of the budget (18 s): 0.3 s a step
     first = state.max_steps
     assert events[0]["seconds_per_step"] == pytest.approx(0.3, rel=0.05) and 1700 < first < 1900
     train_until(500, 0.2)
-    budget.evaluate(evaluate, state)  # the steps so far average under 0.3 s: more fit, and step 500 < half the run
+    evaluate()  # the steps so far average under 0.3 s: more fit, and step 500 < half the run
     assert state.max_steps >= 1.02 * first
     grown = state.max_steps
     train_until(1500, 0.1)  # faster still, but past half the run: no change
-    budget.evaluate(evaluate, state)
+    evaluate()
     assert state.max_steps == grown
     train_until(1700, 1.5)  # a machine that slowed down: shorter, at once
-    budget.evaluate(evaluate, state)
+    evaluate()
     assert state.max_steps < grown
     assert_revisions_keep_the_rule(events)
 

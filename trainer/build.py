@@ -6,9 +6,9 @@ import torch
 
 from trainer.checkpoint import Checkpoint
 from trainer.config import Config
+from trainer.dist.precision import Precision
 from trainer.errors import UserError
 from trainer.model import CharLSTM, build_model
-from trainer.precision import Precision
 from trainer.regularize import WeightAverage
 
 

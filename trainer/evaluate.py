@@ -1,6 +1,6 @@
 """Evaluation: the validation loss on a bounded part of the split, and the sample taken at each evaluation.
 
-The loss reads the validation split as the B streams of `EvalStreams` (trainer/data.py), each cut to
+The loss reads the validation split as the B streams of `EvalStreams` (trainer/data/streams.py), each cut to
 train.eval_chars // B characters: the same part at every evaluation, sharded over the processes by stream and
 summed, so N processes report what one reports and the cost stays flat however large the corpus grows.
 serve.score reads a text the same way (--max-chars), so the two agree on the same part.
@@ -14,20 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import Corpus, EvalStreams
+from trainer.dist.peer_faults import check_peers
 from trainer.errors import UserError
 from trainer.model import CharLSTM
-from trainer.peers import check_peers
 
 
-def evaluate_loss(model: CharLSTM, evals: EvalStreams, first: int, last: int, accelerator) -> tuple[float, int]:
+def evaluate_loss(model: CharLSTM, evals: EvalStreams, start: int, stop: int, accelerator) -> tuple[float, int]:
     """(loss in nats/char, characters scored) over evals' part of the validation split: this process scores
-    streams [first, last), the sums are reduced over all processes. Collective."""
+    streams [start, stop), the sums are reduced over all processes. Collective."""
     model.eval()
     device = accelerator.device
-    h, c = model.zero_state(last - first, device)  # (L, b, H)
+    h, c = model.zero_state(stop - start, device)  # (L, b, H)
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
     with torch.no_grad(), accelerator.autocast():
-        for x, y in evals.windows(first, last):  # (b, t) each
+        for x, y in evals.windows(start, stop):  # (b, t) each
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             logits, (h, c) = model(x, (h, c))  # (b, t, V)
             total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()

@@ -5,7 +5,7 @@ Two views of the same weights:
 - `step(token, h, c)` advances one character with the cell written out (gates i, f, g, o as in
   nn.LSTM). It is the reference for export (export/onnx.py traces `cell`) and for the parity tests.
 The model knows nothing of accelerate or devices: the trainer owns those. Its one precision switch,
-`fp32_lstm`, is set where the model is built (trainer/precision.py decides it).
+`fp32_lstm`, is set where the model is built (trainer/dist/precision.py decides it).
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.device) -> torch.Tensor | None:
-    """Keep-masks (L, b, T, H) bool for streams [first, last): True keeps a unit, which the model scales by
+def dropout_masks(cfg: Config, step: int, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+    """Keep-masks (L, b, T, H) bool for streams [start, stop): True keeps a unit, which the model scales by
     1/(1-p); T = 1 with locked dropout (one mask for the window's T steps). None when dropout is off.
 
     One draw for all of the process's streams, with no generator and nothing copied from the host: each entry
@@ -69,15 +69,15 @@ def dropout_masks(cfg: Config, step: int, first: int, last: int, device: torch.d
     layers, hidden = cfg.model.layers, cfg.model.hidden
     steps = 1 if cfg.model.locked_dropout else cfg.train.seq_len
     key = stream_seed(cfg.train.seed, step, ALL_STREAMS, Purpose.DROPOUT)  # (seed, step): 63 bits
-    streams = torch.arange(first, last, device=device)  # (b,)
+    streams = torch.arange(start, stop, device=device)  # (b,)
     stream_keys = mix32(mix32(streams ^ (key & MASK32)) ^ (key >> 32))  # (b,)
     positions = mix32(torch.arange(steps * hidden, device=device))  # (T*H,)
     threshold = math.ceil(p * 2**32)
-    masks = torch.empty((layers, last - first, steps, hidden), dtype=torch.bool, device=device)
+    masks = torch.empty((layers, stop - start, steps, hidden), dtype=torch.bool, device=device)
     for layer in range(layers):  # a layer at a time: the int64 work stays (b, T*H)
         layer_keys = mix32(stream_keys ^ mix32(torch.full_like(stream_keys, layer)))  # (b,)
         draws = mix32(positions[None, :] ^ layer_keys[:, None])  # (b, T*H), uniform on [0, 2^32)
-        masks[layer] = (draws >= threshold).view(last - first, steps, hidden)
+        masks[layer] = (draws >= threshold).view(stop - start, steps, hidden)
     return masks
 
 
@@ -93,19 +93,19 @@ def weight_masks(cfg: Config, step: int, device: torch.device) -> torch.Tensor |
     return (noise >= p) * (1.0 / (1.0 - p))
 
 
-def state_resets(cfg: Config, step: int, first: int, last: int) -> torch.Tensor | None:
-    """Which of streams [first, last) start this window from a zero state (b,) bool, each with probability
+def state_resets(cfg: Config, step: int, start: int, stop: int) -> torch.Tensor | None:
+    """Which of streams [start, stop) start this window from a zero state (b,) bool, each with probability
     train.state_reset. Why: sampling starts from a zero state, but carried training state is zero only at
     epoch starts, so without resets a model can learn to handle fresh starts badly (docs/benchmarks.md, Fresh
     starts)."""
     p = cfg.train.state_reset
     if p == 0.0:
         return None
-    draws = [stream_seed(cfg.train.seed, step, stream, Purpose.RESET) / 2**63 for stream in range(first, last)]
+    draws = [stream_seed(cfg.train.seed, step, stream, Purpose.RESET) / 2**63 for stream in range(start, stop)]
     return torch.tensor(draws) < p
 
 
-def noisy_inputs(cfg: Config, step: int, first: int, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def noisy_inputs(cfg: Config, step: int, start: int, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """x (b, T) of streams [first, first + b) with each character replaced, with probability train.input_noise,
     by one drawn uniformly from the vocabulary (data noising, Xie et al. 2017); the targets stay. Returns x
     itself when the option is off."""
@@ -114,7 +114,7 @@ def noisy_inputs(cfg: Config, step: int, first: int, x: torch.Tensor, vocab_size
         return x
     hits, draws = torch.empty(x.shape), torch.empty(x.shape, dtype=torch.int64)
     for i in range(x.shape[0]):
-        generator = _generator(cfg.train.seed, step, first + i, Purpose.NOISE)
+        generator = _generator(cfg.train.seed, step, start + i, Purpose.NOISE)
         hits[i].uniform_(generator=generator)
         draws[i].random_(vocab_size, generator=generator)
     return torch.where(hits.to(x.device) < p, draws.to(device=x.device, dtype=x.dtype), x)  # (b, T)

@@ -2,12 +2,12 @@
 
 On machines that do not share a disk, only the main process's node has out_dir (ckpt.pt) and, usually,
 train.init_from; the other nodes need the corpus and nothing else. So the main process alone opens those
-files, checks them, and hands every process the same payload through the process group (`hand_out`): a
+files, checks them, and hands every process the same payload through the process group (`broadcast_from_main`): a
 rerun resumes exactly wherever the files live. Before that, every process loads its own copy of the corpus
 and compares its sha256, Unicode form and vocabulary with the main process's in one small collective.
 
 Anything wrong that a process finds while starting (a missing corpus on one node, a checkpoint that does not
-fit) ends every process with the same one line (`together`): a process that stopped alone would leave the
+fit) ends every process with the same one line (`all_or_none`): a process that stopped alone would leave the
 others waiting in their next collective.
 """
 
@@ -22,8 +22,8 @@ from typing import NamedTuple
 from trainer.checkpoint import Checkpoint, load_checkpoint
 from trainer.config import Config
 from trainer.data import Corpus, load_corpus
+from trainer.dist.group import all_or_none, attempt, broadcast_from_main, gather_objects, node_name, raise_first
 from trainer.errors import UserError
-from trainer.processes import attempt, gather_objects, hand_out, node_name, raise_first, together
 
 
 class TextIdentity(NamedTuple):
@@ -74,7 +74,7 @@ def read_resume_checkpoint(path: Path, cfg: Config, corpus: Corpus, accelerator)
         check_resumable(ckpt, cfg, corpus, path)
         return ckpt
 
-    return hand_out(together(accelerator, read), accelerator)
+    return broadcast_from_main(all_or_none(accelerator, read), accelerator)
 
 
 def fine_tuning(cfg: Config, corpus: Corpus, accelerator) -> tuple[Corpus, Checkpoint | None]:
@@ -97,14 +97,14 @@ def fine_tuning(cfg: Config, corpus: Corpus, accelerator) -> tuple[Corpus, Check
                 )
         return {key: init[key] for key in ("model", "vocab", "config", "step")}  # its optimizer state stays behind
 
-    init = hand_out(together(accelerator, read), accelerator)
+    init = broadcast_from_main(all_or_none(accelerator, read), accelerator)
     added = sorted(set(corpus.vocab) - set(init["vocab"]))
     if accelerator.is_main_process:
         shown = " ".join(repr(ch) for ch in added[:20]) + (" ..." if len(added) > 20 else "")
         print(f"charlstm: init_from {path} (step {init['step']}): {len(added)} characters added to its "
               f"{len(init['vocab'])}" + (f": {shown}" if added else ""), file=sys.stderr)  # fmt: skip
     vocab = init["vocab"] + added
-    return together(accelerator, lambda: corpus.with_vocab(vocab, cfg.data.cache_dir, cfg.data.normalize)), init
+    return all_or_none(accelerator, lambda: corpus.with_vocab(vocab, cfg.data.cache_dir, cfg.data.normalize)), init
 
 
 def check_resumable(ckpt: Checkpoint, cfg: Config, corpus: Corpus, path: Path) -> None:

@@ -19,17 +19,16 @@ import torch
 
 from trainer.build import build_models, make_optimizer
 from trainer.checkpoint import FORMAT, Checkpoint, save_checkpoint
-from trainer.config import Config, save_config
-from trainer.config_checks import check_processes
+from trainer.config import Config, check_processes, save_config
 from trainer.data import Corpus, EvalStreams, TrainStreams, split
-from trainer.data.feeder import WindowFeeder
+from trainer.dist.group import all_or_none
+from trainer.dist.peer_faults import check_peers
+from trainer.dist.precision import Precision, make_accelerator
 from trainer.errors import TrainingError, UserError
 from trainer.evaluate import choose_prime, evaluate_loss, prediction_fault, sample_text
+from trainer.feeder import WindowFeeder
 from trainer.files import lock_out_dir, remove_stale_temps
 from trainer.model import CharLSTM
-from trainer.peers import check_peers
-from trainer.precision import Precision, make_accelerator
-from trainer.processes import together
 from trainer.regularize import WeightAverage
 from trainer.resume import fine_tuning, load_here, read_resume_checkpoint, same_text_everywhere
 from trainer.state import TrainState
@@ -66,12 +65,12 @@ class Run:
     evals: EvalStreams  # the validation split as B streams
     feeder: WindowFeeder  # this process's training windows on the device, one step prepared ahead
     model: torch.nn.Module  # what trains: DDP-wrapped on several processes
-    bare: CharLSTM  # the same weights, unwrapped
+    unwrapped: CharLSTM  # the same weights, unwrapped
     average: WeightAverage | None  # train.ema_decay: what gets evaluated, saved as `model` and exported
     optimizer: torch.optim.Optimizer
     paths: RunPaths
-    first: int  # this process's streams are [first, last)
-    last: int
+    stream_start: int  # this process's streams are [stream_start, stream_stop)
+    stream_stop: int
     lock: object = None  # the main process's open out_dir/.lock, locked while the run lives
     sample_prime: str = "\n"  # what the samples at evaluations start from (train.sample_prime)
     # ---- changing
@@ -87,9 +86,9 @@ class Run:
         return self.accelerator.is_main_process
 
     @property
-    def evaluated(self) -> CharLSTM:
+    def output_model(self) -> CharLSTM:
         """The weights that get evaluated, saved as `model` and exported."""
-        return self.average.model if self.average is not None else self.bare
+        return self.average.model if self.average is not None else self.unwrapped
 
     # ------------------------------------------------------------ setup and resume
 
@@ -102,7 +101,7 @@ class Run:
         processes, rank = accelerator.num_processes, accelerator.process_index
         t = cfg.train
         local_batch = check_processes(cfg, processes)
-        first, last = rank * local_batch, (rank + 1) * local_batch  # this process's streams
+        start, stop = rank * local_batch, (rank + 1) * local_batch  # this process's streams
         corpus = same_text_everywhere(loaded, cfg, accelerator)  # each process's own copy, checked against main's
         corpus, init = fine_tuning(cfg, corpus, accelerator)
         train_ids, val_ids = split(corpus.ids, cfg.data.val_fraction)
@@ -110,7 +109,7 @@ class Run:
         evals = EvalStreams(val_ids, t.batch_size, t.seq_len, t.eval_chars)
         sample_prime = choose_prime(t.sample_prime, corpus, val_ids)
         paths = RunPaths(Path(cfg.out_dir))
-        lock = together(accelerator, lambda: lock_out_dir(paths.out_dir) if accelerator.is_main_process else None)
+        lock = all_or_none(accelerator, lambda: lock_out_dir(paths.out_dir) if accelerator.is_main_process else None)
         ckpt = read_resume_checkpoint(paths.ckpt, cfg, corpus, accelerator)  # the main process reads it
 
         model, average = build_models(cfg, len(corpus.vocab), precision, init if ckpt is None else None)
@@ -126,34 +125,34 @@ class Run:
             corpus=corpus,
             streams=streams,
             evals=evals,
-            feeder=WindowFeeder(streams, cfg, first, last, len(corpus.vocab), accelerator.device),
+            feeder=WindowFeeder(streams, cfg, start, stop, len(corpus.vocab), accelerator.device),
             model=wrapped,
-            bare=accelerator.unwrap_model(wrapped),
+            unwrapped=accelerator.unwrap_model(wrapped),
             average=average,
             optimizer=optimizer,
             paths=paths,
-            first=first,
-            last=last,
+            stream_start=start,
+            stream_stop=stop,
             lock=lock,
             sample_prime=sample_prime,
         )
         run.state.max_steps = t.max_steps if isinstance(t.max_steps, int) else None
-        run.state.h, run.state.c = run.bare.zero_state(local_batch, accelerator.device)
+        run.state.h, run.state.c = run.unwrapped.zero_state(local_batch, accelerator.device)
         if ckpt is not None:
             run.load_state_dict(ckpt)
-        together(accelerator, run._prepare_out_dir)
+        all_or_none(accelerator, run._prepare_out_dir)
         if trackers:  # the resolved config, flat, as the trackers' hyperparameters
             flat = flatten(cfg.to_dict())
             accelerator.init_trackers("charlstm", config={k: v if v is not None else "none" for k, v in flat.items()})
         return run
 
     def state_dict(self, val_loss: float | None) -> Checkpoint:
-        """The checkpoint of the run as it is now; val_loss is that of `evaluated` when a save follows an
+        """The checkpoint of the run as it is now; val_loss is that of `output_model` when a save follows an
         evaluation. Collective: every process takes part (the streams' state is gathered)."""
         state = self.state.state_dict(self.accelerator.gather)
         ckpt: Checkpoint = {
             "format": FORMAT,
-            "model": self.evaluated.state_dict(),
+            "model": self.output_model.state_dict(),
             "vocab": self.corpus.vocab,
             "normalize": self.cfg.data.normalize,
             "config": self.cfg.to_dict(),
@@ -166,17 +165,19 @@ class Run:
             **state,  # streams, and max_steps once there is a total
         }
         if self.average is not None:
-            ckpt["train_weights"] = self.bare.state_dict()
+            ckpt["train_weights"] = self.unwrapped.state_dict()
         return ckpt
 
     def load_state_dict(self, ckpt: Checkpoint) -> None:
         """Resume from a checkpoint that check_resumable accepted, on any number of processes."""
-        self.bare.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
+        self.unwrapped.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
         if self.average is not None:  # a checkpoint without the average starts it from the weights
-            self.average.model.load_state_dict(ckpt["model"] if "train_weights" in ckpt else self.bare.state_dict())
+            self.average.model.load_state_dict(
+                ckpt["model"] if "train_weights" in ckpt else self.unwrapped.state_dict()
+            )
         self.optimizer.load_state_dict(ckpt["optimizer"])
         keep_plan = self.cfg.train.max_steps == "auto"
-        self.state.load_state_dict(ckpt, self.first, self.last, self.device, keep_plan)
+        self.state.load_state_dict(ckpt, self.stream_start, self.stream_stop, self.device, keep_plan)
 
     def _prepare_out_dir(self) -> None:
         """Clean out_dir up and write config.yaml (main process), once the checkpoint in it was accepted."""
@@ -194,7 +195,7 @@ class Run:
         ckpt = self.state_dict(val_loss)  # collective: every process takes part
         # state_dict's .cpu() waited for the gather; one that NCCL aborted returned garbage, never to be written
         check_peers(self.accelerator)
-        if not all(torch.isfinite(p).all() for p in self.bare.parameters()):  # the same on every process
+        if not all(torch.isfinite(p).all() for p in self.unwrapped.parameters()):  # the same on every process
             raise TrainingError("the weights are not finite; refusing to write a checkpoint")
         if not self.is_main:
             return
@@ -204,10 +205,10 @@ class Run:
             raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
     def evaluate(self) -> float:
-        """The validation loss of `evaluated`, logged with a sample of its text; a new best is saved as best.pt.
+        """The validation loss of `output_model`, logged with a sample of its text; a new best is saved as best.pt.
         TrainingError, on every process, when its predictions are not finite. Collective."""
         clock = time.monotonic()
-        val, chars = evaluate_loss(self.evaluated, self.evals, self.first, self.last, self.accelerator)
+        val, chars = evaluate_loss(self.output_model, self.evals, self.stream_start, self.stream_stop, self.accelerator)
         check_peers(self.accelerator)  # a loss reduced by an aborted NCCL collective is garbage: not logged, not best
         event = {"step": self.state.step, "val_loss": val, "val_bpc": val / LN2, "val_chars": chars}
         event |= {"val_seconds": time.monotonic() - clock, "train_seconds": self.state.train_seconds}
@@ -215,7 +216,7 @@ class Run:
         sampled = self.cfg.train.sample_chars > 0
         if self.is_main and sampled:
             clock = time.monotonic()
-            sample = sample_text(self.evaluated, self.corpus.vocab, self.sample_prime, self.cfg.train)
+            sample = sample_text(self.output_model, self.corpus.vocab, self.sample_prime, self.cfg.train)
             event |= {"sample": sample, "sample_seconds": time.monotonic() - clock}
         fault = prediction_fault(val, sample, self.accelerator, sampled)
         if fault is not None:  # before anything is logged or saved: such weights would resume and export broken

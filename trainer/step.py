@@ -1,12 +1,9 @@
 """One training step as named parts: the learning rate, the loss and its gradients, the processes' verdict,
-and the update. Plus the two things that end a run early: signals and the wall-clock budget.
-"""
+and the update. What ends a run early (a signal, the clock) is trainer/stopping.py; the verdict shares it."""
 
 from __future__ import annotations
 
 import math
-import signal
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import NamedTuple
@@ -15,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import Config
-from trainer.data.feeder import Window
+from trainer.dist.host_sync import host_read, to_device
+from trainer.dist.peer_faults import check_peers
 from trainer.errors import TrainingError
-from trainer.host_sync import host_read, to_device
-from trainer.peers import check_peers
+from trainer.feeder import Window
 from trainer.regularize import WeightAverage, activation_penalty, dropout_masks, weight_masks
 from trainer.state import TrainState
+from trainer.stopping import Budget, StopFlags
 
 MAX_BAD_STEPS = 10  # this many non-finite steps in a row stop the run
 
@@ -40,10 +38,10 @@ def lr_at(step: int, cfg: Config, max_steps: int | None) -> float:
 
 
 def compute_gradients(
-    state: TrainState, window: Window, *, cfg: Config, model: torch.nn.Module, accelerator, first: int, last: int
+    state: TrainState, window: Window, *, cfg: Config, model: torch.nn.Module, accelerator, start: int, stop: int
 ) -> torch.Tensor:
-    """Forward and backward of this step's window (trainer/data/feeder.py: on the device, noised, its resets
-    drawn) over this process's streams [first, last), in train.grad_accum micro-batches. Returns the mean
+    """Forward and backward of this step's window (trainer/feeder.py: on the device, noised, its resets
+    drawn) over this process's streams [start, stop), in train.grad_accum micro-batches. Returns the mean
     cross-entropy (the reported loss), still on the device; writes state.h and state.c (the carried state, one
     window on), nothing else."""
     step, device = state.step, accelerator.device
@@ -52,10 +50,10 @@ def compute_gradients(
         state.h, state.c = torch.zeros_like(state.h), torch.zeros_like(state.c)
     elif window.keep is not None:  # (1, b, 1): 0 for the streams that start this window from a zero state
         state.h, state.c = state.h * window.keep, state.c * window.keep
-    masks = dropout_masks(cfg, step, first, last, device)  # (L, b, T, H) bool or None
+    masks = dropout_masks(cfg, step, start, stop, device)  # (L, b, T, H) bool or None
     w_masks = weight_masks(cfg, step, device)  # (L, 4H, H) or None
     penalized = t.activation_reg > 0 or t.temporal_reg > 0
-    micro = (last - first) // t.grad_accum
+    micro = (stop - start) // t.grad_accum
     step_loss = torch.zeros((), device=device)
     new_h, new_c = [], []
     for k in range(t.grad_accum):
@@ -73,20 +71,6 @@ def compute_gradients(
         new_c.append(c.detach().float())
     state.h, state.c = torch.cat(new_h, dim=1), torch.cat(new_c, dim=1)
     return step_loss
-
-
-class StopFlags:
-    """SIGTERM / SIGINT ask the loop to finish the current step, save and exit."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
 
 
 class Verdict(NamedTuple):
@@ -135,7 +119,7 @@ def apply_update(
     optimizer: torch.optim.Optimizer,
     precision_mode: str,
     average: WeightAverage | None,
-    bare: torch.nn.Module,
+    unwrapped: torch.nn.Module,
     log: Callable[[dict], None],
 ) -> None:
     """The optimizer step and the weight average, or, for a non-finite step, a skip that zeroes the state.
@@ -158,7 +142,7 @@ def apply_update(
         if step_overflowed(optimizer, state):  # fp16 only: GradScaler skipped the update and lowered the scale
             log({"step": state.step, "skipped": "fp16 gradient overflow; loss scale lowered"})
         if average is not None:
-            average.update(bare, state.step)
+            average.update(unwrapped, state.step)
         optimizer.zero_grad(set_to_none=True)
     state.step += 1
 
@@ -183,92 +167,3 @@ def step_overflowed(optimizer: torch.optim.Optimizer, state: TrainState) -> bool
     optimizer.step()
     state.loss_scale = loss_scale(optimizer)
     return before is not None and state.loss_scale < before
-
-
-class Budget:
-    """train.max_minutes as a clock, and train.max_steps=auto as a total fitted to it.
-
-    With `auto`, the steps after WARM_STEPS are timed for PROBE_STEPS steps and at least PROBE_SHARE of the
-    budget, one evaluation is timed, and the total is set so that the steps left and their evaluations end
-    inside SAFETY of the budget: the cosine schedule then completes on any machine. Until then the learning rate
-    stays at its peak after the warmup. After each later evaluation the total is revised to what the steps so far
-    say fits: down whenever it would overrun (a machine that slowed down), up by GROW or more only in the first
-    half of the run (the first steps are often the slowest; late in the cosine a longer horizon would bend its
-    tail). The total is saved in the checkpoint, so a resumed run keeps it (exact resume); the clock still
-    stops a run that overruns anyway.
-
-    Its methods read the train state they are given; only the plan (state.max_steps) is written, by `_fit`.
-    """
-
-    WARM_STEPS = 3  # the first steps of a launch build kernels and allocate: not timed
-    PROBE_STEPS = 20
-    PROBE_SHARE = 0.03  # of the budget: long enough to average out a noisy machine
-    SAFETY = 0.95  # the share of the budget that the plan may fill
-    GROW = 1.02  # a revision up must add at least this share of steps: no churn for a few steps
-
-    def __init__(self, cfg: Config, accelerator, log: Callable[[dict], None], say: Callable[[str], None]):
-        self.minutes = cfg.train.max_minutes
-        self.auto = cfg.train.max_steps == "auto"
-        self.eval_every = cfg.train.eval_every
-        self.accelerator = accelerator  # the main process decides; its figure is shared by one all-reduce
-        self.log, self.say = log, say
-        self.started = time.monotonic()
-        self.timed_from: tuple[int, float] | None = None  # (step, time) where this launch's timing began
-        self.eval_seconds = 0.0  # the last evaluation's duration
-        self.paused = 0.0  # seconds spent evaluating since timed_from
-
-    def spent(self) -> bool:
-        return self.minutes is not None and time.monotonic() - self.started > 60 * self.minutes
-
-    def ready_to_plan(self, state: TrainState) -> bool:
-        """With train.max_steps=auto and no total yet: has the main process timed enough steps? The processes
-        take this verdict together (agree), since planning evaluates, and evaluating is collective."""
-        if not (self.auto and self.accelerator.is_main_process):
-            return False
-        if self.timed_from is None:
-            if state.step + 1 - (state.resumed_from or 0) >= self.WARM_STEPS:
-                self.timed_from = (state.step + 1, time.monotonic())  # timing starts after this step
-            return False
-        probing = time.monotonic() - self.timed_from[1] < self.PROBE_SHARE * 60 * self.minutes
-        return state.max_steps is None and state.step + 1 - self.timed_from[0] >= self.PROBE_STEPS and not probing
-
-    def evaluate(self, evaluate: Callable[[], float], state: TrainState) -> float:
-        """evaluate() (Run.evaluate), timed; then, with train.max_steps=auto, the total is fixed (the first time)
-        or revised down if it would overrun. Every process calls this together."""
-        clock = time.monotonic()
-        val = evaluate()
-        self.eval_seconds = time.monotonic() - clock
-        self.paused += self.eval_seconds
-        if self.auto and (state.max_steps is None or state.max_steps > state.step):
-            self._fit(state)
-        return val
-
-    def _fit(self, state: TrainState) -> None:
-        """The main process decides (its figure is summed with the others' zeros); -1 means no change. Writes
-        state.max_steps."""
-        planned, total, per_step, step = state.max_steps, 0.0, 0.0, state.step
-        if self.accelerator.is_main_process:
-            total = -1.0
-            timed = self.timed_from is not None and step > self.timed_from[0]
-            if timed and not self.spent():
-                first_step, first_time = self.timed_from
-                per_step = (time.monotonic() - first_time - self.paused) / (step - first_step)
-                left = self.SAFETY * 60 * self.minutes - (time.monotonic() - self.started)
-                # steps s with s * per_step + (s / eval_every + 1) * eval_seconds <= left
-                fits = (left - self.eval_seconds) / (per_step + self.eval_seconds / self.eval_every)
-                total = float(step + max(0, int(fits)))
-                grows = planned is not None and total >= self.GROW * planned and step < planned / 2
-                if planned is not None and total >= planned and not grows:
-                    total = -1.0
-        total = torch.tensor(total, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            total = self.accelerator.reduce(total, reduction="sum")  # the main process's figure, everywhere
-        if total.item() < 0:
-            return
-        state.max_steps = int(total.item())
-        self.log({"step": step, "max_steps": state.max_steps, "seconds_per_step": per_step, "revised": planned})
-        verb = "fixed at" if planned is None else f"revised from {planned:,} to"
-        self.say(
-            f"train.max_steps=auto {verb} {state.max_steps:,} steps ({per_step * 1000:.1f} ms per step, "
-            f"{self.eval_seconds:.1f} s per evaluation, {self.minutes:g} minutes)"
-        )

@@ -6,8 +6,8 @@ The global batch is B contiguous character streams (trainer/data/streams.py). Pr
 [r*B/N, (r+1)*B/N) and carries their LSTM state from window to window (truncated BPTT); DDP averages
 the gradients, so N processes compute what one computes. Rerunning on an out_dir holding ckpt.pt resumes
 from it, on any number of processes. The parts: trainer/run.py (the run and its checkpoint), trainer/state.py
-(what changes as it trains), trainer/step.py (one step), trainer/regularize.py (everything keyed by seed, step
-and stream).
+(what changes as it trains), trainer/step.py (one step), trainer/stopping.py (signals and the clock),
+trainer/regularize.py (everything keyed by seed, step and stream); docs/architecture.md shows them all.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ if __package__ in (None, ""):  # `python trainer/train.py` / `accelerate launch 
 import torch
 
 from trainer.config import Config, load_config
-from trainer.config_docs import help_text
-from trainer.elastic import USER_ERROR_FILE, mark_done
+from trainer.config.docs import help_text
+from trainer.dist.group import node_name
+from trainer.dist.peer_faults import PeerError
 from trainer.errors import TrainingError, UserError
-from trainer.peers import PeerError
+from trainer.launch.exit_status import USER_ERROR_FILE, mark_done
 from trainer.plot import plot_losses
-from trainer.processes import node_name
 from trainer.run import LN2, Run
-from trainer.step import Budget, StopFlags, Verdict, agree, apply_update, compute_gradients, lr_at
+from trainer.step import Verdict, agree, apply_update, compute_gradients, lr_at
+from trainer.stopping import Budget, StopFlags
 
 
 def train(cfg: Config) -> int:
@@ -49,20 +50,20 @@ def train(cfg: Config) -> int:
             step_loss, verdict = take_step(run, stop, budget)
             meter.count(step_loss, verdict.non_finite)
             if verdict.plan_now:
-                budget.evaluate(run.evaluate, state)  # timed, then train.max_steps=auto gets its total
+                evaluate(run, budget)  # timed, then train.max_steps=auto gets its total
             if verdict.signalled:
                 stopped_by = stop.signal_name or "signal"
                 run.save(run.paths.ckpt, None)
                 break
             final = state.step == state.max_steps or verdict.out_of_time
-            val_loss = budget.evaluate(run.evaluate, state) if state.step % t.eval_every == 0 or final else None
+            val_loss = evaluate(run, budget) if state.step % t.eval_every == 0 or final else None
             if val_loss is not None:
                 meter.write(f"step {state.step}: val {val_loss:.4f} nats ({val_loss / LN2:.4f} bpc)")
                 if run.last_sample:
                     meter.write(f"--- sample: {run.sample_prime}{run.last_sample}\n---")
             if state.step % t.save_every == 0 or final:
                 run.save(run.paths.ckpt, val_loss)
-            meter.skip_pause()
+            meter.restart_clock()
             if verdict.out_of_time:
                 stopped_by = f"train.max_minutes={t.max_minutes}"
                 break
@@ -79,6 +80,14 @@ def train(cfg: Config) -> int:
     return 0
 
 
+def evaluate(run: Run, budget: Budget) -> float:
+    """run.evaluate() (collective), timed for the budget, which may then fix or revise the total."""
+    started = time.monotonic()
+    val_loss = run.evaluate()
+    budget.replan(run.state, time.monotonic() - started)
+    return val_loss
+
+
 def take_step(run: Run, stop: StopFlags, budget: Budget) -> tuple[torch.Tensor, Verdict]:
     """One optimizer step on run.state: the learning rate, the gradients, the processes' verdict, the update.
     Returns the step's loss and the verdict."""
@@ -87,13 +96,25 @@ def take_step(run: Run, stop: StopFlags, budget: Budget) -> tuple[torch.Tensor, 
         group["lr"] = lr_at(state.step, cfg, state.max_steps)
     window = run.feeder.window(state.step)  # on the device; the next one is being prepared
     step_loss = compute_gradients(
-        state, window, cfg=cfg, model=run.model, accelerator=run.accelerator, first=run.first, last=run.last
+        state,
+        window,
+        cfg=cfg,
+        model=run.model,
+        accelerator=run.accelerator,
+        start=run.stream_start,
+        stop=run.stream_stop,
     )
     verdict = agree(
         step_loss, stop, budget, state, cfg=cfg, model=run.model, accelerator=run.accelerator, precision_mode=mode
     )
     apply_update(
-        verdict, state, optimizer=run.optimizer, precision_mode=mode, average=run.average, bare=run.bare, log=run.log
+        verdict,
+        state,
+        optimizer=run.optimizer,
+        precision_mode=mode,
+        average=run.average,
+        unwrapped=run.unwrapped,
+        log=run.log,
     )
     return step_loss, verdict
 
@@ -101,7 +122,7 @@ def take_step(run: Run, stop: StopFlags, budget: Budget) -> tuple[torch.Tensor, 
 def announce(run: Run) -> None:
     """The run's first lines on stderr, and a start event in metrics.jsonl (where a resumed run began)."""
     cfg, corpus = run.cfg, run.corpus
-    params = sum(p.numel() for p in run.bare.parameters())
+    params = sum(p.numel() for p in run.unwrapped.parameters())
     processes = run.accelerator.num_processes
     threads = torch.get_num_threads()  # per process; on a CPU, N processes share the machine's cores
     resumed = f", resumed at step {run.state.step}" if run.state.resumed_from is not None else ""
@@ -160,7 +181,7 @@ class Meter:
         self.loss_sum, self.loss_count = torch.zeros((), device=run.device), 0
         self.logged = (state.step, state.train_seconds)
 
-    def skip_pause(self) -> None:
+    def restart_clock(self) -> None:
         """Leave the time since the last step (an evaluation, a save) out of the training clock."""
         self.clock = time.monotonic()
 
@@ -206,8 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def collective_failure(error: BaseException, timeout: float) -> str | None:
     """One line for an error of the process group (another process hung, was stopped or vanished), or None
-    for any other error. gloo raises it in the process that waited; on NCCL, trainer/peers.py raises PeerError
-    once the watchdog has found it (the watchdog then leaves the process alive: TORCH_NCCL_ASYNC_ERROR_HANDLING=2)."""
+    for any other error. gloo raises it in the process that waited; on NCCL, trainer/dist/peer_faults.py raises
+    PeerError once the watchdog has found it (the watchdog then leaves the process alive:
+    TORCH_NCCL_ASYNC_ERROR_HANDLING=2)."""
     text = str(error).strip()
     if isinstance(error, PeerError):
         detail, timed_out = text, error.timed_out
@@ -249,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except KeyboardInterrupt:
-        if speaks():
+        if first_on_machine():
             print("charlstm: interrupted before training started; nothing saved", file=sys.stderr)
         return 130
     except RuntimeError as e:  # every process that saw the fault says so: the peer at fault may be the main one
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def speaks() -> bool:
+def first_on_machine() -> bool:
     """On N processes, one of each machine reports an error: every machine's log says why it stopped."""
     return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
@@ -268,11 +290,11 @@ def speaks() -> bool:
 def report_error(error: UserError | TrainingError) -> int:
     """One line, and the exit status: 2 for the user's error, 1 for a training error. The launcher restarts
     neither: resumed from the last checkpoint, a run that diverged or could not save would most likely fail the
-    same way, so both write the marker that trainer/elastic.py turns into exit 2 and no restart."""
-    if speaks():
+    same way, so both write the marker that trainer/launch/exit_status.py turns into exit 2 and no restart."""
+    if first_on_machine():
         print(f"error: {error}", file=sys.stderr)
     if os.environ.get(USER_ERROR_FILE):
-        Path(os.environ[USER_ERROR_FILE]).write_text(f"{error}\n")  # for trainer/elastic.py: no restart
+        Path(os.environ[USER_ERROR_FILE]).write_text(f"{error}\n")  # for trainer/launch/exit_status.py: no restart
     return 2 if isinstance(error, UserError) else 1
 
 

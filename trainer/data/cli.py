@@ -19,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     a collective."""
     import argparse
 
-    from trainer.config import load_config
-    from trainer.config_checks import check_processes
+    from trainer.config import check_processes, load_config
 
     parser = argparse.ArgumentParser(prog="trainer.data", description="Encode a corpus into the id cache.")
     parser.add_argument("spec", nargs="?", help="a data.path value: a file, a folder, a glob, tinyshakespeare, "

@@ -59,10 +59,10 @@ class TrainStreams:
         self.stream_len = self.windows_per_epoch * seq_len  # S
         self.reader = WindowReader(ids)
 
-    def window(self, step: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and targets (last-first, T) int64 of streams [first, last) at this step."""
+    def window(self, step: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets (stop-start, T) int64 of streams [start, stop) at this step."""
         w = step % self.windows_per_epoch
-        starts = np.arange(first, last) * self.stream_len + w * self.seq_len
+        starts = np.arange(start, stop) * self.stream_len + w * self.seq_len
         chunk = self.reader.read(starts, self.seq_len + 1)  # (b, T+1)
         return chunk[:, :-1], chunk[:, 1:]
 
@@ -97,10 +97,10 @@ class EvalStreams:
         """How many characters an evaluation scores (predicts)."""
         return self.batch_size * self.read_len
 
-    def windows(self, first: int, last: int):
-        """Yield (inputs, targets) int64 arrays (last-first, t <= T) covering streams [first, last)."""
-        for start in range(0, self.read_len, self.seq_len):
-            length = min(self.seq_len, self.read_len - start)
-            starts = np.arange(first, last) * self.stream_len + start
+    def windows(self, start: int, stop: int):
+        """Yield (inputs, targets) int64 arrays (stop-start, t <= T) covering streams [start, stop)."""
+        for offset in range(0, self.read_len, self.seq_len):
+            length = min(self.seq_len, self.read_len - offset)
+            starts = np.arange(start, stop) * self.stream_len + offset
             chunk = self.reader.read(starts, length + 1)  # (b, t+1)
             yield chunk[:, :-1], chunk[:, 1:]

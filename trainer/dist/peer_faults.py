@@ -11,8 +11,8 @@ before anything is written (trainer/run.py `Run.save`), and after an evaluation 
 
 Where the 2 is set: torchelastic (torchrun, and `accelerate launch`, which runs it) gives every worker
 TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (TearDown: abort the process) unless its own environment has the variable,
-so a worker cannot tell torchelastic's 1 from a user's. The launcher's plan (trainer/launch_plan.py) therefore
-sets it for the launch on GPUs, and trainer/precision.py sets it in a worker started some other way.
+so a worker cannot tell torchelastic's 1 from a user's. The launcher's plan (trainer/launch/plan.py) therefore
+sets it for the launch on GPUs, and trainer/dist/precision.py sets it in a worker started some other way.
 
 Not yet run on real GPUs: no machine with several GPUs has been available to this project.
 """

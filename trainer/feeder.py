@@ -22,7 +22,7 @@ from trainer.regularize import noisy_inputs, state_resets
 
 @dataclass
 class Window:
-    """One step's window of streams [first, last), on the host (pinned on CUDA) or on the device."""
+    """One step's window of streams [start, stop), on the host (pinned on CUDA) or on the device."""
 
     x: Tensor  # (b, T) int64 inputs, input noise applied
     y: Tensor  # (b, T) int64 targets (never noised)
@@ -39,8 +39,8 @@ class WindowFeeder:
     """window(step) gives that step's window on the device and starts preparing step+1's. A step other than the
     one prepared (the first step, a resumed run) is prepared on the spot: the result never depends on the order."""
 
-    def __init__(self, streams: TrainStreams, cfg: Config, first: int, last: int, vocab_size: int, device):
-        self.streams, self.cfg, self.first, self.last = streams, cfg, first, last
+    def __init__(self, streams: TrainStreams, cfg: Config, start: int, stop: int, vocab_size: int, device):
+        self.streams, self.cfg, self.stream_start, self.stream_stop = streams, cfg, start, stop
         self.vocab_size = vocab_size
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"  # pinned memory needs a CUDA runtime, and only a copy to one gains
@@ -57,10 +57,10 @@ class WindowFeeder:
 
     def prepare(self, step: int) -> Window:
         """The window of `step` on the host: read, noised, its resets drawn; pinned on CUDA."""
-        x, y = self.streams.window(step, self.first, self.last)  # (b, T) each
-        x = noisy_inputs(self.cfg, step, self.first, torch.from_numpy(x), self.vocab_size)
+        x, y = self.streams.window(step, self.stream_start, self.stream_stop)  # (b, T) each
+        x = noisy_inputs(self.cfg, step, self.stream_start, torch.from_numpy(x), self.vocab_size)
         epoch_start = self.streams.starts_epoch(step)  # every stream resets: no draw needed
-        resets = None if epoch_start else state_resets(self.cfg, step, self.first, self.last)  # (b,) bool
+        resets = None if epoch_start else state_resets(self.cfg, step, self.stream_start, self.stream_stop)  # (b,) bool
         keep = None if resets is None or not resets.any() else (~resets).float()[None, :, None]
         window = Window(x, torch.from_numpy(y), keep, epoch_start)
         if self.pin:

@@ -26,7 +26,7 @@ How many processes, and where (a variable you set wins over what a scheduler set
 Other variables: PYTHON (launch.sh: default .venv/bin/python if present, else python3); OMP_NUM_THREADS
 (threads per process; on a CPU machine the default shares the cores out: 2 processes on 16 cores get 8 each);
 TORCH_NCCL_ASYNC_ERROR_HANDLING (with GPUs the default is 2, so that a lost peer ends in one line: see
-trainer/peers.py).
+trainer/dist/peer_faults.py).
 
 Before a run of several processes, each machine encodes the corpus into its id cache (python -m trainer.data),
 so that no process waits for a long first encode inside a collective (train.collective_timeout bounds those).
@@ -45,9 +45,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.elastic import DONE_DIR, USER_ERROR_FILE
-from trainer.launch_plan import LaunchError, Plan, plan
-from trainer.supervise import DEFAULT_STOP_GRACE, run_supervised
+from trainer.launch.exit_status import DONE_DIR, USER_ERROR_FILE
+from trainer.launch.plan import LaunchError, Plan, plan
+from trainer.launch.supervise import DEFAULT_STOP_GRACE, run_supervised
 
 
 def count_gpus(python: str) -> int:
@@ -101,7 +101,7 @@ def launch(args: list[str], dry_run: bool = False) -> int:
 
 
 def run_with_restarts(chosen: Plan, grace: float) -> int:
-    """Run the plan; when a worker died (status 1 from trainer.elastic), start the workers again, up to
+    """Run the plan; when a worker died (status 1 from trainer.launch.exit_status), start the workers again, up to
     MAX_RESTARTS times: they resume from ckpt.pt. A user's or a training error (2: a restart would meet it
     again), a stop (a signal) or success end it."""
     with tempfile.TemporaryDirectory(prefix="charlstm-launch-") as folder:
@@ -159,7 +159,3 @@ def main(argv: list[str] | None = None) -> int:
     dry_run = args[:1] == ["--dry-run"]
     args = args[1:] if dry_run else args
     return launch(args, dry_run) if args else quickstart(dry_run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m trainer.elastic torchrun|accelerate ARGS...`: torchrun's or accelerate's launch, run in this
+"""`python -m trainer.launch.exit_status torchrun|accelerate ARGS...`: torchrun's or accelerate's launch, run in this
 process so that its outcome is one line and an exit status the launcher can act on, instead of torch's
 ChildFailedError traceback:
   0  every worker finished;
@@ -6,7 +6,7 @@ ChildFailedError traceback:
      disk, ...) or a training error (10 non-finite steps in a row, weights not finite at a save, a checkpoint
      that cannot be written): the workers said what is wrong, once per machine, and wrote it to
      $CHARLSTM_USER_ERROR_FILE; nothing is restarted;
-  1  a worker died or lost a peer: trainer/launch.py restarts the workers (MAX_RESTARTS), which resume.
+  1  a worker died or lost a peer: trainer/launch/cli.py restarts the workers (MAX_RESTARTS), which resume.
 torchelastic itself restarts on any failure (it has no error class that is not retried), so it runs with no
 restarts of its own and the launcher decides."""
 

@@ -21,8 +21,8 @@ import torch
 
 from trainer.config import Config
 from trainer.errors import UserError
-from trainer.peers import process_group_env
-from trainer.processes import join_process_group
+from trainer.dist.peer_faults import process_group_env
+from trainer.dist.group import join_process_group
 
 
 class Precision(NamedTuple):
@@ -96,7 +96,7 @@ def make_accelerator(cfg: Config, trackers: list[str] | None = None):
     # cpu=True on a CPU-only machine: that is what makes accelerate join a torchrun process group (gloo)
     timeout = timedelta(seconds=cfg.train.collective_timeout)
     # on CUDA, before NCCL's process group reads it: a timed-out collective leaves this process alive to say so
-    # in one line (trainer/peers.py); the user's own setting wins
+    # in one line (trainer/dist/peer_faults.py); the user's own setting wins
     os.environ.update(process_group_env(os.environ, device))
     join_process_group(timeout)
     accelerator = Accelerator(

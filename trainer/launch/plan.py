@@ -1,6 +1,6 @@
 """Which launcher, with which arguments: a pure function of the environment, the machine and the command line,
 so that every case (a CPU, GPUs, several machines, SLURM, Kubeflow's PyTorchJob) is tested without starting
-anything. trainer/launch.py runs what it returns."""
+anything. trainer/launch/cli.py runs what it returns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from trainer.peers import process_group_env
+from trainer.dist.peer_faults import process_group_env
 
 DEFAULT_PORT = 29500  # torchrun's and accelerate's default rendezvous port
 SLURM_PORTS = (15000, 15000)  # a SLURM job's port: 15000 + job id mod 15000, below Linux's ephemeral range
@@ -159,16 +159,17 @@ def plan(environ: Mapping[str, str], gpus: int, cores: int, args: list[str], pyt
     encode = [python, "-m", "trainer.data", "--config", config, "--processes", str(total), *overrides]
     where = f"{nnodes} machine(s) x {nproc} process(es), this is machine {rank}" if nnodes > 1 else f"{nproc} processes"
     if gpus > 0:
-        command = [python, "-m", "trainer.elastic", "accelerate", "--multi_gpu", "--num_processes", str(total)]
+        wrapper = [python, "-m", "trainer.launch.exit_status"]
+        command = [*wrapper, "accelerate", "--multi_gpu", "--num_processes", str(total)]
         # the trainer chooses the precision itself (train.mixed_precision): accelerate's own stays `no`; the
-        # launcher restarts dead workers itself (trainer/elastic.py says why)
+        # launcher restarts dead workers itself (trainer/launch/exit_status.py says why)
         command += ["--mixed_precision", "no", "--max_restarts", "0"]
         if nnodes > 1:
             command += ["--num_machines", str(nnodes), "--machine_rank", str(rank)]
             command += ["--main_process_ip", address, "--main_process_port", str(port)]
         choice = f"accelerate launch, {where}, one per GPU (NCCL)"
         # torchelastic gives its workers TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (abort the process on a timeout) unless
-        # it has the variable itself: set 2 here, so that a lost peer ends in one line (trainer/peers.py)
+        # it has the variable itself: set 2 here, so that a lost peer ends in one line (trainer/dist/peer_faults.py)
         env = process_group_env(environ, "cuda")
         return Plan(command + train, env, "accelerate", nproc, nnodes, rank, restarts, encode, choice + _from(sources))
     env = {}
@@ -180,7 +181,7 @@ def plan(environ: Mapping[str, str], gpus: int, cores: int, args: list[str], pyt
     if nnodes > 1:
         rendezvous = ["--nnodes", str(nnodes), "--node_rank", str(rank), "--master_addr", address]
         rendezvous += ["--master_port", str(port)]
-    command = [python, "-m", "trainer.elastic", "torchrun", *rendezvous, "--nproc_per_node", str(nproc)]
+    command = [python, "-m", "trainer.launch.exit_status", "torchrun", *rendezvous, "--nproc_per_node", str(nproc)]
     command += ["--max-restarts", "0", *train]
     choice = f"torchrun (gloo), {where} on the CPU, {threads} thread(s) each"
     return Plan(command, env, "torchrun", nproc, nnodes, rank, restarts, encode, choice + _from(sources))

@@ -1,7 +1,7 @@
 """How the processes of a run join and talk: the process group (under torchrun, each restart's keys apart),
-the all-or-none start (`together`: an error on any process ends every process with the same one line, since
+the all-or-none start (`all_or_none`: an error on any process ends every process with the same one line, since
 a process that stopped alone would leave the others waiting in their next collective), and one reader
-handing its payload to all (`hand_out`: on machines that do not share a disk, only the main process's node
+handing its payload to all (`broadcast_from_main`: on machines that do not share a disk, only the main process's node
 has out_dir and, usually, train.init_from).
 """
 
@@ -36,7 +36,7 @@ def gather_objects(accelerator, item: Any) -> list[Any]:
 
 
 def attempt(action: Callable[[], T]) -> tuple[T | None, str | None]:
-    """(action(), None), or (None, the message) when it raised UserError: for `together` to share."""
+    """(action(), None), or (None, the message) when it raised UserError: for `all_or_none` to share."""
     try:
         return action(), None
     except UserError as e:
@@ -51,7 +51,7 @@ def raise_first(gathered: list[tuple[str, str | None]]) -> None:
             raise UserError(message if rank == 0 else f"{where}: {message}")
 
 
-def together(accelerator, action: Callable[[], T]) -> T:
+def all_or_none(accelerator, action: Callable[[], T]) -> T:
     """action() on every process; a UserError on any of them is raised on all, with the message of the first
     (named by its node when it is not the main process). Collective."""
     result, error = attempt(action)
@@ -67,7 +67,7 @@ class _Slot(NamedTuple):
     dtype: torch.dtype
 
 
-def hand_out(payload: T, accelerator) -> T:
+def broadcast_from_main(payload: T, accelerator) -> T:
     """The main process's payload (plain data and CPU tensors, nested in dicts and lists) on every process:
     its structure goes as one pickled object, its tensors by broadcast on the run's device. Collective."""
     if accelerator.num_processes == 1:

@@ -1,0 +1,3 @@
+from trainer.config.docs import markdown_table
+
+print(markdown_table())
