@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trainer.data import resolve_corpus  # noqa: E402 (after the path setup: the benchmarks run as scripts)
+from trainer.errors import UserError  # noqa: E402
 
 # The training shape of the speed benchmarks (bench/train_speed.py, and the GPU check's speed stage): the seed's
 # 2 x 512 LSTM at batch 128 x sequence 100, dropout 0.5, clip 5, Adam 1e-3, nothing it lacks (no AR/TAR, no
@@ -43,7 +44,14 @@ SPEED_SHAPE = [
 def corpus() -> Path:
     """The benchmarks' text: Tiny Shakespeare, resolved the trainer's way (downloaded once into the user cache
     and checked by sha256); CHARLSTM_BENCH_CORPUS names another data.path (a file, or builtin:python-stdlib)."""
-    return resolve_corpus(os.environ.get("CHARLSTM_BENCH_CORPUS", "tinyshakespeare"))
+    name = os.environ.get("CHARLSTM_BENCH_CORPUS", "tinyshakespeare")
+    try:
+        return resolve_corpus(name)
+    except UserError as e:  # no network, a bad path: one line that says how to point the benchmarks at a text
+        raise SystemExit(
+            f"error: the benchmarks' text ({name}): {e}; set CHARLSTM_BENCH_CORPUS to a text file (or "
+            "builtin:python-docs) to run without the network"
+        ) from None
 
 
 def machine() -> str:
