@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.constrain import Automaton
+from serve.logprobs import log_softmax
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,6 @@ class Finished:
     ids: tuple[int, ...]  # the generated ids, without the end character
     score: float  # the sum of their log-probabilities (and the end's, when it ended the text)
     finish: str  # "stop": ended by the end character or where nothing could follow; "length": at the limit
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(B, V) float32 -> (B, V) float64, the sum of the exponentials taken left to right (as JavaScript adds)."""
-    x = logits.astype(np.float64)
-    x -= x.max(axis=1, keepdims=True)
-    x -= np.log(np.exp(x).cumsum(axis=1)[:, -1:])
-    return x
 
 
 def rank(finished: list[Finished]) -> list[Finished]:

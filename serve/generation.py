@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,13 +87,21 @@ def bias_vector(logit_bias: dict, vocab_size: int) -> np.ndarray | None:
     """logit_bias as a (V,) float32 vector to add to the logits; None when there is none."""
     if not isinstance(logit_bias, dict):
         raise SamplerError("logit_bias must map token ids to numbers")
-    if not logit_bias:
-        return None
-    vector = np.zeros(vocab_size, dtype=np.float32)
     for token, bias in logit_bias.items():
         if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
             raise SamplerError(f"logit_bias: {token!r} is not a token id of this model (0 to {vocab_size - 1})")
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -MAX_BIAS <= bias <= MAX_BIAS:
             raise SamplerError(f"logit_bias: the bias of token {token} must be a number in [-100, 100], got {bias!r}")
+    return bias_array(logit_bias.items(), vocab_size)
+
+
+def bias_array(pairs: Iterable[tuple[int, float]], vocab_size: int) -> np.ndarray | None:
+    """Checked (token id, bias) pairs as the (V,) float32 vector added to the logits; None when there are none.
+    The service's schema checks its pairs (serve/http/protocol.py), the Sampler's bias_vector its own."""
+    pairs = list(pairs)
+    if not pairs:
+        return None
+    vector = np.zeros(vocab_size, dtype=np.float32)
+    for token, bias in pairs:
         vector[token] = bias
     return vector

@@ -54,9 +54,9 @@ class Sampler:
 
     # ------------------------------------------------------------ text <-> ids
 
-    def encode(self, text: str, unknown: str = "error") -> np.ndarray:
+    def encode(self, text: str, unknown: str = "error", what: str = "the prime") -> np.ndarray:
         """Text -> ids, the text first put into the model's Unicode form. Characters outside the vocabulary:
-        `error` names them, `skip` drops them."""
+        `error` names them (and `what` the text is: the prime, the prompt, a file), `skip` drops them."""
         if unknown not in ("error", "skip"):
             raise SamplerError(f"unknown must be error or skip, got {unknown!r}")
         if self.normalize != "none":
@@ -66,9 +66,15 @@ class Sampler:
             shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise SamplerError(
-                f"the prime has characters the model does not know: {shown}{more} (use --unknown skip to drop them)"
+                f"{what} has characters the model does not know: {shown}{more} (use --unknown skip to drop them)"
             )
         return np.array([self.index[ch] for ch in text if ch in self.index], dtype=np.int64)
+
+    def start_ids(self, ids: np.ndarray) -> np.ndarray:
+        """What a generation reads before its first character: the prime's ids, or for an empty prime a newline
+        (the vocabulary's first character when it has none), as a text starts after a line in training. The
+        service starts its prompts the same way; serve/js/core.js's complete() does too."""
+        return ids if len(ids) else np.array([self.index.get("\n", 0)], dtype=np.int64)
 
     # ------------------------------------------------------------ the step loop
 
@@ -140,9 +146,7 @@ class Sampler:
     def plan(self, prime: str, length: int, options: SamplingOptions) -> Plan:
         """The request checked and made ready: SamplerError (one line) for anything wrong, before any step."""
         check_options(length, options, len(self.vocab))
-        prime_ids = self.encode(prime, options.unknown)
-        if len(prime_ids) == 0:  # no prime: start from the zero state after a newline (or the first char)
-            prime_ids = np.array([self.index.get("\n", 0)], dtype=np.int64)
+        prime_ids = self.start_ids(self.encode(prime, options.unknown))
         bias = bias_vector(options.logit_bias, len(self.vocab))
         return Plan(prime_ids, length, options, self.constraint(options), bias)
 

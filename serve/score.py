@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.logprobs import log_normalizer
 from serve.options import add_unknown_option
 from serve.sampler import Sampler, SamplerError
 
@@ -50,10 +51,11 @@ def score(
     unknown: str = "error",
     progress: bool = False,
     max_chars: int | None = None,
+    what: str = "the text",
 ) -> float:
     """Mean loss in nats per predicted character of `text` under the model (of its first max_chars // B
-    characters of each of the B streams, with max_chars)."""
-    ids = sampler.encode(text, unknown)
+    characters of each of the B streams, with max_chars). `what` names the text in errors (a file's path)."""
+    ids = sampler.encode(text, unknown, what)
     if len(ids) < 2:
         raise SamplerError("the text needs at least 2 known characters to score")
     batch = streams if streams is not None else int(sampler.config.get("train", {}).get("batch_size", 1))
@@ -64,10 +66,8 @@ def score(
     total = 0.0
     clock = time.monotonic()
     for t in range(read_len):
-        logits = run(ids[starts + t]).astype(np.float64)
-        top = logits.max(axis=1)
-        log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-        total += float((log_z - logits[rows, ids[starts + t + 1]]).sum())
+        logits = run(ids[starts + t])  # (B, V)
+        total += float((log_normalizer(logits) - logits[rows, ids[starts + t + 1]]).sum())
         if progress and (time.monotonic() - clock > 0.5 or t == read_len - 1):
             clock = time.monotonic()
             print(f"\rscoring {t + 1}/{read_len} steps x {batch} streams", end="", file=sys.stderr)
@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sampler = Sampler(args.model, device=args.device)
         text = read_text(args.file)
-        loss = score(sampler, text, args.streams, args.unknown, progress=not args.quiet, max_chars=args.max_chars)
+        loss = score(
+            sampler, text, args.streams, args.unknown, progress=not args.quiet, max_chars=args.max_chars, what=args.file
+        )
     except SamplerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""A charlstm .onnx on onnxruntime: the file loaded and checked (load_model), and a loop that steps a batch of
-sequences with no per-character allocation (StepLoop)."""
+"""A charlstm .onnx on onnxruntime: the file loaded and checked (load_model), the step's buffers bound once
+(bind_step), and the loops that step with no per-character allocation: a batch of sequences (StepLoop) and the
+beams of a search (BeamSteps)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ import onnxruntime as ort
 
 from serve.errors import SamplerError
 from serve.format import FORMAT
+
+
+def bind_step(session: ort.InferenceSession, token, h, c, logits, h_out, c_out) -> ort.IOBinding:
+    """One io_binding of the step's six tensors, made once and run many times (session.run_with_iobinding).
+    Each is an OrtValue or a numpy array, which is wrapped in place: onnxruntime reads and writes its memory,
+    so a step copies nothing. Shared by StepLoop, BeamSteps and inspection's reader."""
+    binding = session.io_binding()
+    for name, value in (("token", token), ("h", h), ("c", c)):
+        binding.bind_ortvalue_input(name, _ort_value(value))
+    for name, value in (("logits", logits), ("h_out", h_out), ("c_out", c_out)):
+        binding.bind_ortvalue_output(name, _ort_value(value))
+    return binding
+
+
+def _ort_value(value) -> ort.OrtValue:
+    return value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value)
 
 
 class StepLoop:
@@ -30,18 +47,11 @@ class StepLoop:
                 value.update_inplace(np.zeros(shape, dtype=np.float32))
         else:
             states = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32)) for _ in range(4)]
-        token_value = ort.OrtValue.ortvalue_from_numpy(self.token)
-        logits_value = ort.OrtValue.ortvalue_from_numpy(self.logits)
-        self.bindings = []
-        for h_in, c_in, h_out, c_out in ((0, 1, 2, 3), (2, 3, 0, 1)):
-            binding = session.io_binding()
-            binding.bind_ortvalue_input("token", token_value)
-            binding.bind_ortvalue_input("h", states[h_in])
-            binding.bind_ortvalue_input("c", states[c_in])
-            binding.bind_ortvalue_output("logits", logits_value)
-            binding.bind_ortvalue_output("h_out", states[h_out])
-            binding.bind_ortvalue_output("c_out", states[c_out])
-            self.bindings.append(binding)
+        token, logits = _ort_value(self.token), _ort_value(self.logits)
+        self.bindings = [
+            bind_step(session, token, states[h_in], states[c_in], logits, states[h_out], states[c_out])
+            for h_in, c_in, h_out, c_out in ((0, 1, 2, 3), (2, 3, 0, 1))
+        ]
         self.steps = 0
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
@@ -69,11 +79,7 @@ class BeamSteps:
             token = np.zeros(batch, dtype=np.int64)
             h_in, c_in, h_out, c_out = (np.zeros((layers, batch, hidden), dtype=np.float32) for _ in range(4))
             logits = np.zeros((batch, vocab), dtype=np.float32)
-            binding = self.session.io_binding()
-            for name, array in (("token", token), ("h", h_in), ("c", c_in)):
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-            for name, array in (("logits", logits), ("h_out", h_out), ("c_out", c_out)):
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+            binding = bind_step(self.session, token, h_in, c_in, logits, h_out, c_out)
             found = self.bound[batch] = (binding, token, h_in, c_in, h_out, c_out, logits)
         return found
 

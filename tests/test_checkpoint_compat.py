@@ -51,9 +51,9 @@ def tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 def test_a_checkpoint_of_the_previous_layout_resumes(tmp_path):
-    """ckpt_step10.pt came from an earlier version of the code (commit 3b9ed87), stopped at step 10 of 20. Resumed to 20 by this code
-    it ends where that code's uninterrupted run ended (expected_step20.pt, written on another CPU) within
-    TOLERANCE, and bitwise where a second resume of the same file on this machine ends."""
+    """ckpt_step10.pt came from an earlier version of the code (commit 3b9ed87), stopped at step 10 of 20.
+    Resumed to 20 by this code it ends where that code's uninterrupted run ended (expected_step20.pt, written on
+    another CPU) within TOLERANCE, and bitwise where a second resume of the same file on this machine ends."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, second = resume(tmp_path / "a"), resume(tmp_path / "b")

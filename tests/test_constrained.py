@@ -16,7 +16,8 @@ import pytest
 from helpers import DATA, ROOT, one_line_error, run_cli
 from test_sampling_math import assert_follows
 
-from serve.beam import best_offers, log_softmax
+from serve.beam import best_offers
+from serve.logprobs import log_softmax
 from serve.sampler import Sampler, SamplingOptions
 
 CASES_FILE = DATA / "constrained_cases.json"

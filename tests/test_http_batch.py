@@ -9,9 +9,9 @@ import pytest
 
 from export.onnx import main as export_main
 from serve.http.app import model_card
-from serve.http.batch import Batch
 from serve.http.completion import Completion
 from serve.http.protocol import parse_completion
+from serve.http.scheduler import Batch
 from serve.sampler import Sampler
 
 

@@ -31,7 +31,12 @@ BAD = [  # (what is sent, the status, the field the error names, a word its mess
     (b"{not json", 400, None, "JSON"),
     (b"[1, 2]", 400, None, "object"),
     (json.dumps({**GOOD, "prompt": "x" * 5000}).encode(), 413, None, "4,096"),
-    ({**GOOD, "prompt": "The \u0416\u0436 \U0001f600"}, 400, "prompt", "U+0416"),
+    (
+        {**GOOD, "prompt": "The \u0416\u0436 \U0001f600"},
+        400,
+        "prompt",
+        "the prompt has characters the model does not know",
+    ),
     ({**GOOD, "prompt": ["a", "b"]}, 400, "prompt", "one prompt"),
     ({**GOOD, "max_tokens": 0}, 400, "max_tokens", "between 1 and 1000"),
     ({**GOOD, "max_tokens": 1001}, 400, "max_tokens", "--max-tokens"),

@@ -220,7 +220,7 @@ def test_cli_writes_a_report_and_its_json(trained_onnx, tmp_path):
 @pytest.mark.parametrize(
     "setup, args, message",
     [
-        (lambda p: p.write_text("snow ☃ here"), [], "does not know: '☃' (U+2603)"),
+        (lambda p: p.write_text("snow ☃ here"), [], "text.txt has characters the model does not know: '☃' (U+2603)"),
         (lambda p: p.write_text(""), [], "the text is empty"),
         (lambda p: p.write_text("some text"), ["--feature", "bad=(["], "--feature bad: bad regular expression"),
         (lambda p: p.write_text("some text"), ["--feature", "noequals"], "--feature needs NAME=REGEX"),

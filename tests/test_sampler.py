@@ -263,6 +263,9 @@ def test_score_bad_text(trained_onnx, tmp_path, capsys):
     (tmp_path / "two.txt").write_text("ROMEO:")
     assert score_main([str(trained_onnx), str(tmp_path / "two.txt"), "--streams", "0"]) == 2  # not the default
     assert "streams must be >= 1, got 0" in one_line_error(capsys.readouterr().err)
+    (tmp_path / "snow.txt").write_text("snow \u2603 here")
+    assert score_main([str(trained_onnx), str(tmp_path / "snow.txt")]) == 2
+    assert f"{tmp_path / 'snow.txt'} has characters the model does not know" in one_line_error(capsys.readouterr().err)
 
 
 JS = ROOT / "serve" / "js"

@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+from serve.errors import ServerStartError
 from serve.sampler import Sampler, SamplerError
 
 API_KEY_ENV = "CHARLSTM_API_KEY"
@@ -49,17 +50,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check(args: argparse.Namespace) -> None:
     for name in ("max_batch", "max_tokens", "max_prompt", "max_body"):
         if getattr(args, name) < 1:
-            raise SamplerError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ServerStartError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_queue < 0:
-        raise SamplerError(f"--max-queue must be >= 0, got {args.max_queue}")
+        raise ServerStartError(f"--max-queue must be >= 0, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
-        raise SamplerError(f"--port must be between 0 and 65535, got {args.port}")
+        raise ServerStartError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.drain_seconds >= 0 or not args.stream_interval >= 0:
-        raise SamplerError("--drain-seconds and --stream-interval must be >= 0")
+        raise ServerStartError("--drain-seconds and --stream-interval must be >= 0")
     if not args.max_events > 0:
-        raise SamplerError(f"--max-events must be > 0, got {args.max_events}")
+        raise ServerStartError(f"--max-events must be > 0, got {args.max_events}")
     if args.api_key == "":
-        raise SamplerError("--api-key is empty")
+        raise ServerStartError("--api-key is empty")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -69,7 +70,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
     except OSError as e:
-        raise SamplerError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        raise ServerStartError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         # spinning off: idle onnxruntime threads would starve the event loop on a small machine
         sampler = Sampler(args.model, device=args.device, threads=args.threads, spin=False)
         sock = bind(args.host, args.port)
-    except SamplerError as e:
+    except (SamplerError, ServerStartError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = Metrics(args.max_batch)

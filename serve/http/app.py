@@ -20,14 +20,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from serve.constrain import Automaton
-from serve.generation import SamplingOptions, bias_vector
+from serve.generation import SamplingOptions, bias_array
 from serve.http.beams import BeamWorker
 from serve.http.completion import Completion, Notifier
 from serve.http.metrics import CONTENT_TYPE, Metrics
 from serve.http.protocol import ApiError, CompletionRequest, parse_completion
-from serve.http.responses import completion_body
+from serve.http.responses import completion_body, completion_events
 from serve.http.scheduler import RETRY_AFTER, Scheduler
-from serve.http.stream import completion_events
 from serve.sampler import Sampler, SamplerError
 
 SEED_HEADER = "X-Charlstm-Seed"  # the seed a completion used, so that it can be generated again
@@ -104,13 +103,11 @@ class Service:
                 "prompt",
             )
         try:
-            ids = self.sampler.encode(prompt, unknown)
+            ids = self.sampler.encode(prompt, unknown, what="the prompt")
         except SamplerError as e:
             raise ApiError(400, str(e).replace("use --unknown skip", 'send "unknown": "skip"'), "prompt") from None
         text = "".join(self.sampler.vocab[i] for i in ids)
-        if not len(ids):
-            ids = np.array([self.sampler.index.get("\n", 0)], dtype=np.int64)
-        return ids, text
+        return self.sampler.start_ids(ids), text
 
     def constraint(self, asked: CompletionRequest) -> tuple[Automaton | None, np.ndarray | None]:
         """The request's guided_regex or guided_choice compiled over the vocabulary, and its logit_bias as a
@@ -120,7 +117,7 @@ class Service:
             automaton = self.sampler.constraint(options)
         except SamplerError as e:
             raise ApiError(400, str(e), "guided_regex" if asked.regex is not None else "guided_choice") from None
-        bias = bias_vector(dict(asked.logit_bias), len(self.sampler.vocab))
+        bias = bias_array(asked.logit_bias, len(self.sampler.vocab))
         return automaton, bias
 
     def in_model_form(self, asked: CompletionRequest) -> CompletionRequest:

@@ -7,7 +7,6 @@ The scheduler thread is the only writer. It appends a character before it moves 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ import numpy as np
 
 from serve.constrain import Automaton
 from serve.http.protocol import CompletionRequest
+from serve.logprobs import log_softmax
 
 
 class Notifier:
@@ -161,8 +161,6 @@ class Completion:
 def top_logprobs(row: np.ndarray, count: int, token: int, vocab: list[str]) -> tuple[float, list[tuple[str, float]]]:
     """The log-probability of `token` under the model's own softmax of `row` (no temperature), and the `count`
     most likely characters with theirs, best first (ties: the lower id first, as the pick orders them)."""
-    logits = row.astype(np.float64)
-    top = logits.max()
-    logp = logits - top - math.log(np.exp(logits - top).sum())  # (V,)
-    best = np.argsort(-logits, kind="stable")[:count]
+    logp = log_softmax(row[None, :])[0]  # (V,)
+    best = np.argsort(-row, kind="stable")[:count]
     return float(logp[token]), [(vocab[i], float(logp[i])) for i in best]

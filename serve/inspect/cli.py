@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output(out, "--out")
         check_output(json_out, "--json")
         text = read_text(args.file)
-        figures = inspect_text(args.model, text, args.feature, args.max_chars, args.unknown)
+        figures = inspect_text(args.model, text, args.feature, args.max_chars, args.unknown, what=args.file)
         out.write_text(render(figures, Path(args.model).name, Path(args.file).name), encoding="utf-8")
         if json_out is not None:
             json_out.write_text(json.dumps(figures, ensure_ascii=False), encoding="utf-8")

@@ -19,7 +19,9 @@ from threadpoolctl import threadpool_limits
 from serve.inspect.correlate import Correlations, ranked
 from serve.inspect.features import all_features, parse_feature
 from serve.inspect.gates import GateError, Saturation, read_layers
+from serve.logprobs import log_softmax
 from serve.sampler import Sampler, SamplerError
+from serve.session import bind_step
 
 DEFAULT_MAX_CHARS = 20_000
 CHUNK = 512  # steps per numpy pass: (CHUNK, 2 L H) float64 at most at a time
@@ -41,16 +43,11 @@ class Reader:
         value = ort.OrtValue.ortvalue_from_numpy  # wraps the array's memory: onnxruntime writes into it
         token = value(self.token)
         h_rows, c_rows = [value(row) for row in self.h], [value(row) for row in self.c]
-        self.run, self.bindings = session.run_with_iobinding, []
-        for k in range(chunk):
-            binding = session.io_binding()
-            binding.bind_ortvalue_input("token", token)
-            binding.bind_ortvalue_input("h", h_rows[k])
-            binding.bind_ortvalue_input("c", c_rows[k])
-            binding.bind_ortvalue_output("logits", value(self.logits[k]))
-            binding.bind_ortvalue_output("h_out", h_rows[k + 1])
-            binding.bind_ortvalue_output("c_out", c_rows[k + 1])
-            self.bindings.append(binding)
+        self.run = session.run_with_iobinding
+        self.bindings = [
+            bind_step(session, token, h_rows[k], c_rows[k], self.logits[k], h_rows[k + 1], c_rows[k + 1])
+            for k in range(chunk)
+        ]
         self.last = 0  # the row the previous chunk ended on
 
     def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,13 +62,16 @@ class Reader:
         return self.h[: len(ids) + 1, :, 0], self.c[: len(ids) + 1, :, 0], self.logits[: len(ids), 0]
 
 
-def prepare(sampler: Sampler, text: str, unknown: str, max_chars: int | None) -> tuple[np.ndarray, str, int]:
-    """(ids, the text as the model reads it, the length before --max-chars cut it)."""
+def prepare(
+    sampler: Sampler, text: str, unknown: str, max_chars: int | None, what: str = "the text"
+) -> tuple[np.ndarray, str, int]:
+    """(ids, the text as the model reads it, the length before --max-chars cut it); `what` names the text in
+    errors (a file's path)."""
     if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
         raise SamplerError(f"max_chars must be an integer >= 1, got {max_chars!r}")
     if text == "":
         raise SamplerError("the text is empty")
-    ids = sampler.encode(text, unknown)
+    ids = sampler.encode(text, unknown, what)
     full = len(ids)
     ids = ids[:max_chars] if max_chars is not None else ids
     if len(ids) < 2:
@@ -81,13 +81,11 @@ def prepare(sampler: Sampler, text: str, unknown: str, max_chars: int | None) ->
 
 def surprise(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """logits (T, V) float32, targets (T,) -> bits (T,), top ids (T, 5) best first (the lower id among equal
-    logits), their probabilities (T, 5); in float64, log-sum-exp as serve.score."""
-    x = logits.astype(np.float64)
-    top = x.max(axis=1)
-    log_z = top + np.log(np.exp(x - top[:, None]).sum(axis=1))  # (T,)
-    bits = (log_z - x[np.arange(len(x)), targets]) / math.log(2)
+    logits), their probabilities (T, 5); in float64 (serve/logprobs.py)."""
+    logp = log_softmax(logits)  # (T, V)
+    bits = -logp[np.arange(len(logp)), targets] / math.log(2)
     order = np.argsort(-logits, axis=1, kind="stable")[:, :TOP]  # (T, 5)
-    probs = np.exp(np.take_along_axis(x, order, axis=1) - log_z[:, None])
+    probs = np.exp(np.take_along_axis(logp, order, axis=1))
     return bits, order, probs
 
 
@@ -110,14 +108,15 @@ def inspect_text(
     features: list[str] | tuple[str, ...] = (),
     max_chars: int | None = DEFAULT_MAX_CHARS,
     unknown: str = "error",
+    what: str = "the text",
 ) -> dict:
     """The figures of the report (and of --json) for `text` under the .onnx `model` (a path, or an
     InspectModel): bpc, positions, features (the ranked cells), saturation, traces (int8 activations x 127 of
-    the cells shown), model."""
+    the cells shown), model. `what` names the text in errors (a file's path)."""
     user = [parse_feature(spec) for spec in features]
     loaded = model if isinstance(model, InspectModel) else InspectModel(model)
     sampler, gate_error = loaded.sampler, loaded.gate_error
-    ids, read, full = prepare(sampler, text, unknown, max_chars)
+    ids, read, full = prepare(sampler, text, unknown, max_chars, what)
     values = all_features(read, user)
     names = list(values)
     feats = np.stack([values[name] for name in names], axis=1)  # (n, F)

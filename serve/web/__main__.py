@@ -16,6 +16,7 @@ import urllib.parse
 import webbrowser
 from pathlib import Path
 
+from serve.errors import ServerStartError
 from serve.sampler import SamplerError, load_model
 
 HERE = Path(__file__).resolve().parent
@@ -121,18 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             load_model(model, device="cpu")  # one clear line now rather than an error in the page
         missing = [name for name in ORT_FILES if not (ORT_DIST / name).is_file()]
         if missing:
-            raise SamplerError(
+            raise ServerStartError(
                 f"onnxruntime-web is not installed ({ORT_DIST / missing[0]} is missing): "
                 "run `cd serve/js && npm ci` (./setup.sh does it where npm is present)"
             )
         if not 0 <= args.port <= 65535:
-            raise SamplerError(f"--port must be between 0 and 65535, got {args.port}")
+            raise ServerStartError(f"--port must be between 0 and 65535, got {args.port}")
         try:
             server = LoopbackServer(("127.0.0.1", args.port), make_handler(routes(model)))
         except OSError as e:
             reason = "it is in use (pick another with --port)" if e.errno == errno.EADDRINUSE else e.strerror
-            raise SamplerError(f"cannot listen on 127.0.0.1:{args.port}: {reason}") from None
-    except SamplerError as e:
+            raise ServerStartError(f"cannot listen on 127.0.0.1:{args.port}: {reason}") from None
+    except (SamplerError, ServerStartError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     url = f"http://127.0.0.1:{server.server_address[1]}/" + (
