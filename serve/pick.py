@@ -3,6 +3,8 @@ gives one text in every runtime."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -50,3 +52,45 @@ def uniform(seed: int, sample: int, position: int) -> float:
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     z ^= z >> 31
     return (z >> 11) * 2.0**-53
+
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+SHIFTS = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
+def uniforms(seeds: np.ndarray, samples: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """`uniform` for many rows at once: seeds, samples, positions (N,) integer arrays -> (N,) float64, bitwise
+    the numbers `uniform` gives, in numpy's uint64 arithmetic (array operations wrap modulo 2^64, as the masks
+    of `uniform` do, and do not warn). Seeds are taken modulo 2^64, as `uniform` masks them."""
+    z = _as_uint64(samples) * GOLDEN
+    z ^= _as_uint64(seeds)
+    z ^= _as_uint64(positions) * MIX1
+    z += GOLDEN
+    z ^= z >> SHIFTS[0]
+    z *= MIX1
+    z ^= z >> SHIFTS[1]
+    z *= MIX2
+    z ^= z >> SHIFTS[2]
+    return (z >> SHIFTS[3]).astype(np.float64) * 2.0**-53
+
+
+def _as_uint64(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers (Python ints of up to 64 bits, or any numpy integers) as uint64, modulo 2^64."""
+    array = np.asarray(values)
+    if array.dtype == object:
+        return np.array([int(v) & MASK64 for v in array.tolist()], dtype=np.uint64)
+    return array.astype(np.uint64)  # a copy: the caller's array is never written
+
+
+VECTOR_DRAWS = 16  # from this many rows on, one pass of `uniforms` costs less than a call of `uniform` per row
+
+
+def draws(seeds: Sequence[int], samples: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+    """(N,) float64: `uniform(seeds[i], samples[i], positions[i])` for each row, the same numbers whichever way
+    they are computed (a call per row for a few rows, `uniforms` for many)."""
+    if len(seeds) < VECTOR_DRAWS:
+        return np.array([uniform(s, i, p) for s, i, p in zip(seeds, samples, positions)])
+    seed_array = np.array([s & MASK64 for s in seeds], dtype=np.uint64)
+    return uniforms(seed_array, np.asarray(samples), np.asarray(positions))
+

@@ -20,7 +20,7 @@ from serve.beam import beam_search
 from serve.constrain import Automaton, compile_constraint
 from serve.errors import SamplerError
 from serve.generation import Generation, SamplingOptions, bias_vector, check_options
-from serve.pick import pick, uniform
+from serve.pick import draws, pick, uniform
 from serve.session import BeamSteps, StepLoop, load_model
 
 __all__ = ["Generation", "Sampler", "SamplerError", "SamplingOptions", "StepLoop", "load_model", "pick", "uniform"]
@@ -173,8 +173,8 @@ class Sampler:
             allowed = self._masks(automaton, states, live, finishes) if automaton is not None else None
             if not live.any():
                 return
-            draws = np.array([uniform(seed, sample, position) for sample in range(n)])
-            ids = pick(scores, options.top_k, options.temperature, options.top_p, draws, allowed)
+            drawn = draws([seed] * n, range(n), [position] * n)
+            ids = pick(scores, options.top_k, options.temperature, options.top_p, drawn, allowed)
             if automaton is not None:
                 states = self._advance(automaton, states, ids, live, finishes)
                 if not live.any():

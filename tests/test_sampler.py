@@ -414,6 +414,24 @@ def test_the_draws_are_the_documented_generator():
     assert 0 <= draws.min() and draws.max() < 1 and abs(draws.mean() - 0.5) < 0.01
 
 
+@pytest.mark.parametrize("rows", [1, 15, 16, 3000])
+def test_the_array_draws_are_the_documented_generator_bitwise(rows):
+    """`draws` (a call per row for a few rows, numpy's uint64 arithmetic for many) gives exactly `uniform`'s
+    numbers, for 64-bit seeds at both ends, large sample indices and positions."""
+    import random
+
+    from serve.pick import draws, uniform, uniforms
+
+    rng = random.Random(rows)
+    seeds = [rng.choice([0, 1, 2**64 - 1, rng.getrandbits(64), rng.getrandbits(20)]) for _ in range(rows)]
+    samples = [rng.randrange(0, 1 << 20) for _ in range(rows)]
+    positions = [rng.randrange(0, 1 << 30) for _ in range(rows)]
+    expected = [uniform(s, i, p) for s, i, p in zip(seeds, samples, positions)]
+    assert draws(seeds, samples, positions).tolist() == expected
+    as_arrays = uniforms(np.array(seeds, dtype=np.uint64), np.array(samples), np.array(positions))
+    assert as_arrays.tolist() == expected
+
+
 @pytest.mark.parametrize(
     "options",
     [

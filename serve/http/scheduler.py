@@ -15,7 +15,8 @@ import numpy as np
 from serve.http.completion import Choice, Completion, top_logprobs
 from serve.http.metrics import Metrics
 from serve.http.protocol import ApiError
-from serve.sampler import Sampler, uniform
+from serve.pick import draws
+from serve.sampler import Sampler
 
 RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
 
@@ -214,8 +215,9 @@ class Scheduler:
             if allowed is not None:
                 stuck = ~allowed.any(axis=1)  # nothing can follow: the text is whole
                 allowed[stuck] = True  # they pick anything, and it is thrown away
-            draws = np.array([uniform(rows[i].completion.seed, rows[i].index, len(rows[i].chars)) for i in group])
-            ids = Sampler.pick(scores, top_k, temperature, top_p, draws, allowed)
+            seeds, samples = [rows[i].completion.seed for i in group], [rows[i].index for i in group]
+            drawn = draws(seeds, samples, [len(rows[i].chars) for i in group])
+            ids = Sampler.pick(scores, top_k, temperature, top_p, drawn, allowed)
             for i, token, ends in zip(group, ids.tolist(), stuck.tolist()):
                 row = rows[i]
                 automaton = row.completion.automaton
