@@ -1,7 +1,9 @@
 """The HTTP service under load: aggregate characters per second and time to first character (p50, p99) at 1, 8
 and 64 concurrent streaming clients with 16-character prompts, side by side in one run with
   (a) the same requests served one at a time by a batch-1 Sampler (what a server without batching does), and
-  (b) the offline batched Sampler at the same batch (the ceiling: no HTTP, no scheduler, one prompt).
+  (b) the offline batched Sampler at the same batch (the ceiling: no HTTP, no scheduler, one prompt), and
+  (c) the service with --threads 2, one onnxruntime setting for every tick (the default runs small ticks on
+      one thread).
 The model is the 2 x 512 shape of bench/sample_speed.py, fp32, top-k 5. Each round runs every contender once,
 in a fresh process (the server is started once and idles between its turns); medians over rounds.
 
@@ -93,9 +95,9 @@ def offline(code: str, model: Path, clients: int, chars: int) -> dict:
     return run_json(["-c", code, str(model), json.dumps(prompts(clients)), str(chars)])
 
 
-def start_server(model: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, max_batch: int, *extra: str) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "serve.http", str(model), "--port", "0", "--max-batch", str(max_batch)],
+        [sys.executable, "-m", "serve.http", str(model), "--port", "0", "--max-batch", str(max_batch), *extra],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,12 +119,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         model, _ = make_models(Path(tmp))
         server, url = start_server(model, max(args.clients))
+        fixed, fixed_url = start_server(model, max(args.clients), "--threads", "2")
         try:
             for round_ in range(args.rounds):
                 for clients in args.clients:
                     chars = CHARS.get(clients, 300)
                     contenders = {
                         "service": lambda c=clients, n=chars: asyncio.run(service_round(url, c, n)),
+                        "service, --threads 2": lambda c=clients, n=chars: asyncio.run(service_round(fixed_url, c, n)),
                         "one at a time": lambda c=clients, n=chars: offline(ONE_AT_A_TIME, model, c, n),
                         "offline batched": lambda c=clients, n=chars: offline(CEILING, model, c, n),
                     }
@@ -130,13 +134,14 @@ def main() -> None:
                         figures.setdefault((clients, name), []).append(measure())
                 print(f"round {round_ + 1}/{args.rounds} done", flush=True)
         finally:
-            server.terminate()
-            server.wait(60)
+            for process in (server, fixed):
+                process.terminate()
+                process.wait(60)
     rows = []
     for clients in args.clients:
         ceiling = median([f["chars_per_s"] for f in figures[(clients, "offline batched")]])
         naive = median([f["chars_per_s"] for f in figures[(clients, "one at a time")]])
-        for name in ("service", "one at a time", "offline batched"):
+        for name in ("service", "service, --threads 2", "one at a time", "offline batched"):
             runs = figures[(clients, name)]
             speed = median([f["chars_per_s"] for f in runs])
             p50 = median([statistics.median(f["ttfc"]) for f in runs])

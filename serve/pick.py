@@ -93,4 +93,3 @@ def draws(seeds: Sequence[int], samples: Sequence[int], positions: Sequence[int]
         return np.array([uniform(s, i, p) for s, i, p in zip(seeds, samples, positions)])
     seed_array = np.array([s & MASK64 for s in seeds], dtype=np.uint64)
     return uniforms(seed_array, np.asarray(samples), np.asarray(positions))
-

@@ -15,11 +15,11 @@ from serve.http.scheduler import Batch
 from serve.sampler import Sampler
 
 
-def drive(sampler: Sampler, ticks: int, seed: int) -> tuple[int, int]:
+def drive(sampler: Sampler, ticks: int, seed: int, batch: Batch | None = None) -> tuple[int, int]:
     """Random joins, leaves and reorders around a Batch; every row checked against its own batch-1 steps.
     Returns (rows whose logits differed, the largest batch seen)."""
     rng = np.random.default_rng(seed)
-    batch = Batch(sampler)
+    batch = batch if batch is not None else Batch(sampler)
     shape = (sampler.layers, 1, sampler.hidden)
     alone: list[tuple[np.ndarray, np.ndarray]] = []  # each row's (h, c), stepped at batch 1
     differ, largest = 0, 0
@@ -50,6 +50,38 @@ def test_fp32_rows_equal_batch_1_bitwise_as_rows_join_leave_and_reorder(trained_
     differ, largest = drive(sampler, ticks=300, seed=0)
     assert largest >= 20 and differ == 0
     assert model_card(sampler, trained_onnx)["batch_invariant"] is True
+
+
+class Counting:
+    """An onnxruntime session that counts the batch sizes it was run at."""
+
+    def __init__(self, session):
+        self.session, self.sizes = session, []
+
+    def run(self, outputs, feeds):
+        self.sizes.append(len(feeds["token"]))
+        return self.session.run(outputs, feeds)
+
+
+def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monkeypatch):
+    """With a one-thread session beside the sampler's, a tick under TWO_THREADS_MACS runs on the one thread and
+    a larger one on the sampler's session, and every row still equals its batch-1 steps bitwise as the batch
+    crosses the line both ways."""
+    import serve.http.scheduler as scheduler
+    from serve.sampler import load_model
+
+    sampler = Sampler(trained_onnx, device="cpu")
+    row_macs = scheduler.macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
+    assert row_macs == 4 * sampler.hidden**2 + (sampler.layers - 1) * 8 * sampler.hidden**2 + sampler.hidden * 100
+    monkeypatch.setattr(scheduler, "TWO_THREADS_MACS", 6 * row_macs)  # under 6 rows: one thread
+    one_thread = Counting(load_model(trained_onnx, device="cpu", threads=1, spin=False)[0])
+    wide = Counting(sampler.session)
+    monkeypatch.setattr(sampler, "session", wide)
+    differ, largest = drive(sampler, ticks=200, seed=1, batch=Batch(sampler, one_thread))
+    assert differ == 0 and largest >= 10
+    assert one_thread.sizes and max(one_thread.sizes) <= 5  # the ticks under the line
+    ticks_on_wide = [size for size in wide.sizes if size > 1]  # the reference's batch-1 steps run there too
+    assert ticks_on_wide and min(ticks_on_wide) >= 6
 
 
 def test_int8_is_not_batch_invariant_and_says_so(trained_run):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from serve.errors import ServerStartError
-from serve.sampler import Sampler, SamplerError
+from serve.sampler import Sampler, SamplerError, load_model
 
 API_KEY_ENV = "CHARLSTM_API_KEY"
 
@@ -96,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
         # spinning off: idle onnxruntime threads would starve the event loop on a small machine
         sampler = Sampler(args.model, device=args.device, threads=args.threads, spin=False)
+        # small ticks on one thread, unless the user chose the threads (serve/http/scheduler.py says why)
+        one_thread = None
+        if args.threads is None and sampler.device == "cpu":
+            one_thread = load_model(args.model, device="cpu", threads=1, spin=False)[0]
         sock = bind(args.host, args.port)
     except (SamplerError, ServerStartError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = Metrics(args.max_batch)
-    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics)
+    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread)
     limits = Limits(args.max_tokens, args.max_prompt, args.max_body, args.stream_interval, args.max_events, api_key)
     service = Service(sampler, Path(args.model), scheduler, metrics, limits)
     config = uvicorn.Config(build_app(service), log_level="warning", access_log=False, lifespan="off")

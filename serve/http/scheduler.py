@@ -11,6 +11,7 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from serve.http.completion import Choice, Completion, top_logprobs
 from serve.http.metrics import Metrics
@@ -21,12 +22,28 @@ from serve.sampler import Sampler
 RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
 
 
+# A tick of fewer multiply-adds than this runs on one onnxruntime thread: without spinning, waking a second
+# thread costs more than it saves on a small step (docs/benchmarks.md, "The service's threads"). 20M is where
+# two threads overtook one on 2 cores: 8 rows of 2 x 512, 32 rows of 2 x 256, never at 64 rows of 2 x 128.
+TWO_THREADS_MACS = 20_000_000
+
+
+def macs_per_row(layers: int, hidden: int, vocab: int) -> int:
+    """Multiply-adds of one row's step: the first layer's recurrent matrix (its input is a table lookup), each
+    later layer's input and recurrent matrices, the head."""
+    return 4 * hidden * hidden + (layers - 1) * 8 * hidden * hidden + hidden * vocab
+
+
 class Batch:
     """The (h, c) of every active row, in row order, and one batched step for all of them. Rows join with the
-    zero state (as Sampler starts) and leave between ticks; nothing is padded."""
+    zero state (as Sampler starts) and leave between ticks; nothing is padded. With `one_thread` (a session of
+    the same model on one onnxruntime thread) a small tick runs there, a large one on the sampler's session:
+    in fp32 on the CPU both give the same bits for a row."""
 
-    def __init__(self, sampler: Sampler):
+    def __init__(self, sampler: Sampler, one_thread: ort.InferenceSession | None = None):
         self.sampler = sampler
+        self.one_thread = one_thread
+        self.row_macs = macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
         self.h = np.zeros((sampler.layers, 0, sampler.hidden), dtype=np.float32)  # (L, B, H)
         self.c = np.zeros_like(self.h)  # (L, B, H)
 
@@ -47,6 +64,9 @@ class Batch:
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row (B,) and advance every row; the logits (B, V) for each row's next character."""
+        if self.one_thread is not None and len(tokens) * self.row_macs < TWO_THREADS_MACS:
+            logits, self.h, self.c = self.one_thread.run(None, {"token": tokens, "h": self.h, "c": self.c})
+            return logits
         logits, self.h, self.c = self.sampler.step(tokens, self.h, self.c)
         return logits
 
@@ -54,12 +74,19 @@ class Batch:
 class Scheduler:
     """Admission (a bounded queue, then 429), the tick loop, and the drain after SIGTERM."""
 
-    def __init__(self, sampler: Sampler, max_batch: int, max_queue: int, metrics: Metrics):
+    def __init__(
+        self,
+        sampler: Sampler,
+        max_batch: int,
+        max_queue: int,
+        metrics: Metrics,
+        one_thread: ort.InferenceSession | None = None,
+    ):
         self.sampler = sampler
         self.max_batch = max_batch  # sequences stepped together
         self.max_queue = max_queue  # requests waiting for room
         self.metrics = metrics
-        self.batch = Batch(sampler)
+        self.batch = Batch(sampler, one_thread)
         self.no_bias = np.zeros(len(sampler.vocab), dtype=np.float32)  # (V,): x + 0 is x, bit for bit
         self.everything = np.ones(len(sampler.vocab), dtype=bool)  # (V,)
         self.rows: list[Choice] = []  # the batch's rows, in its order
