@@ -136,6 +136,34 @@ def test_logprobs_are_the_models_softmax(client, server, sampler):
         assert list(lp.top_logprobs[position].values()) == pytest.approx(expected[best].tolist(), abs=1e-9)
 
 
+def test_a_kept_prefix_gives_the_text_a_full_read_gives(server, sampler):
+    """A prompt that repeats, and one that shares its first 1,500 characters with it, start from the state kept
+    after their longest common 256-character boundary (the metrics count the hits): their texts equal the
+    offline sampler's, which reads every prompt whole. Echo with logprobs reads its prompt whole too."""
+    from helpers import ENGLISH
+
+    from serve.logprobs import log_softmax as model_log_softmax
+
+    book = ENGLISH.read_text(encoding="utf-8")
+    first, sharing = book[:2000], book[:1500] + book[3000:3500]
+    before = server.metrics()
+    hits = "charlstm_prefix_cache_hits"
+    run = sampler.runner(1)
+    for prompt, seed in [(first, 1), (first, 2), (sharing, 3)]:
+        status, body = server.post({"prompt": prompt, "max_tokens": 80, "top_k": 5, "seed": seed, "logprobs": 1})
+        text = body["choices"][0]["text"]
+        assert status == 200 and text == sampler.generate(prompt, 80, top_k=5, seed=seed)
+        # the generated characters' log-probabilities: the same bits as a whole read of the prompt gives
+        logits = [run(np.array([sampler.index[ch]]))[0].copy() for ch in prompt + text[:-1]][len(prompt) - 1 :]
+        expected = [float(model_log_softmax(row[None])[0, sampler.index[ch]]) for row, ch in zip(logits, text)]
+        assert body["choices"][0]["logprobs"]["token_logprobs"] == expected
+        run = sampler.runner(1)  # a fresh state for the next prompt
+    after = server.metrics()
+    assert after[hits] - before[hits] == 2 and after["charlstm_prefix_cache_bytes"] > 0
+    status, body = server.post({"prompt": first, "max_tokens": 3, "seed": 1, "logprobs": 1, "echo": True})
+    assert status == 200 and server.metrics()[hits] == after[hits]
+
+
 def test_server_picks_a_seed_that_reproduces_the_text(server, sampler):
     response = httpx.post(
         server.url + "/v1/completions",

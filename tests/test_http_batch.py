@@ -84,6 +84,35 @@ def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monk
     assert ticks_on_wide and min(ticks_on_wide) >= 6
 
 
+def test_the_prefix_cache_keeps_the_longest_prefixes_within_its_bytes():
+    """Boundary keys every 256 characters that leave the last one unread, chained (prompts sharing a beginning
+    share its keys); the longest kept prefix found; the least recently used out first once over the bound."""
+    from serve.http.prefix_cache import CHUNK, PrefixCache, boundary_keys
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 60, 1300)
+    keys = boundary_keys(ids)
+    assert len(keys) == 5 and len(boundary_keys(ids[:1281])) == 5 and len(boundary_keys(ids[:1280])) == 4
+    other = ids.copy()
+    other[700] += 1  # differs inside the third chunk
+    assert boundary_keys(other)[:2] == keys[:2] and boundary_keys(other)[2] != keys[2]
+    state = [np.full((2, 8), float(k), dtype=np.float32) for k in range(6)]
+    entry = PrefixCache.size(state[0], state[0])
+    cache = PrefixCache(max_bytes=3 * entry)
+    assert cache.longest(keys) is None and cache.misses == 1
+    for k in range(4):
+        cache.store(keys[k], state[k], state[k])  # the fourth pushes the first out
+    assert cache.bytes == 3 * entry and keys[0] not in cache.entries
+    length, h, c = cache.longest(boundary_keys(other))  # its keys 3.. differ: the longest kept is its second
+    assert length == 2 * CHUNK and np.array_equal(h, state[1]) and cache.hits == 1
+    cache.store(keys[4], state[4], state[4])  # keys[1] was used last: keys[2] goes
+    assert set(cache.entries) == {keys[1], keys[3], keys[4]}
+    assert cache.longest(keys)[0] == 5 * CHUNK
+    small = PrefixCache(max_bytes=entry - 1)
+    small.store(keys[0], state[0], state[0])  # larger than the bound: not kept
+    assert small.bytes == 0 and not small.entries
+
+
 def test_int8_is_not_batch_invariant_and_says_so(trained_run):
     assert export_main([str(trained_run / "ckpt.pt"), "--int8", "--int8-limit", "100"]) == 0
     path = trained_run / "ckpt.int8.onnx"

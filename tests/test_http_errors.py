@@ -165,6 +165,7 @@ def test_startup_errors_are_one_line(trained_onnx, tmp_path):
             [str(trained_onnx), "--port", "0", "--max-batch", "0"],
             [str(trained_onnx), "--port", "70000"],
             [str(trained_onnx), "--port", "0", "--threads", "0"],
+            [str(trained_onnx), "--port", "0", "--prefix-cache-mb", "-1"],
             [str(trained_onnx), "--port", str(busy.getsockname()[1])],
         ):
             result = run_cli("-m", "serve.http", *args)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from serve.errors import ServerStartError
+from serve.http.prefix_cache import PrefixCache
 from serve.sampler import Sampler, SamplerError, load_model
 
 API_KEY_ENV = "CHARLSTM_API_KEY"
@@ -39,6 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stream-interval", type=float, default=0.02, help="seconds between a stream's events, at least (0.02)"
     )
     parser.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=64.0,
+        help="megabytes of states kept after prompt prefixes, so a prompt that repeats or shares a long beginning "
+        "starts there (64; 0: off)",
+    )
+    parser.add_argument(
         "--max-events",
         type=float,
         default=1000.0,
@@ -57,6 +65,8 @@ def check(args: argparse.Namespace) -> None:
         raise ServerStartError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.drain_seconds >= 0 or not args.stream_interval >= 0:
         raise ServerStartError("--drain-seconds and --stream-interval must be >= 0")
+    if not args.prefix_cache_mb >= 0:
+        raise ServerStartError(f"--prefix-cache-mb must be >= 0, got {args.prefix_cache_mb}")
     if not args.max_events > 0:
         raise ServerStartError(f"--max-events must be > 0, got {args.max_events}")
     if args.api_key == "":
@@ -105,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = Metrics(args.max_batch)
-    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread)
+    cache = PrefixCache(int(args.prefix_cache_mb * 2**20)) if args.prefix_cache_mb > 0 else None
+    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread, cache)
     limits = Limits(args.max_tokens, args.max_prompt, args.max_body, args.stream_interval, args.max_events, api_key)
     service = Service(sampler, Path(args.model), scheduler, metrics, limits)
     config = uvicorn.Config(build_app(service), log_level="warning", access_log=False, lifespan="off")

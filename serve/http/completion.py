@@ -57,6 +57,7 @@ class Choice:
         self.index = index  # the generator's sample index (Sampler's num_samples row)
         self.prompt_ids = prompt_ids  # at least one id: an empty prompt starts from a newline
         self.fed = 0  # prompt ids read so far
+        self.prefix_keys: list[bytes] = []  # its prompt's prefixes the service may keep (serve/http/prefix_cache.py)
         self.last_id = -1  # the character picked last
         self.chars: list[str] = []  # picked characters, including any stop sequence
         self.logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per char: its log-p, the top ones

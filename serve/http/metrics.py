@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from serve.http.prefix_cache import PrefixCache
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -46,6 +48,25 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
+
+        self.prefix_hits = Gauge(
+            "charlstm_prefix_cache_hits", "prompts that started from a kept prefix", registry=self.registry
+        )
+        self.prefix_misses = Gauge(
+            "charlstm_prefix_cache_misses",
+            "prompts long enough to have a prefix kept that found none",
+            registry=self.registry,
+        )
+        self.prefix_bytes = Gauge(
+            "charlstm_prefix_cache_bytes",
+            "bytes the kept prefixes' states hold (--prefix-cache-mb)",
+            registry=self.registry,
+        )
+
+    def prefix_cache(self, cache: PrefixCache) -> None:
+        self.prefix_hits.set(cache.hits)
+        self.prefix_misses.set(cache.misses)
+        self.prefix_bytes.set(cache.bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

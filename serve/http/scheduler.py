@@ -1,7 +1,8 @@
 """The scheduler: one thread owns the onnxruntime session and advances every active sequence by one character
 per tick (continuous batching). Requests join and leave between ticks; prompts are read through the same
-batched step, one character per tick, so a row's arithmetic is the offline Sampler's, step for step. The rows'
-LSTM state is a Batch, kept compact so that a tick steps only the active rows."""
+batched step, one character per tick, so a row's arithmetic is the offline Sampler's, step for step; a prompt
+starts from its longest kept prefix (serve/http/prefix_cache.py) when one is kept. The rows' LSTM state is a
+Batch, kept compact so that a tick steps only the active rows."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import onnxruntime as ort
 
 from serve.http.completion import Choice, Completion, top_logprobs
 from serve.http.metrics import Metrics
+from serve.http.prefix_cache import PrefixCache, keep_prefix, start_from_prefixes
 from serve.http.protocol import ApiError
 from serve.pick import draws
 from serve.sampler import Sampler
@@ -81,8 +83,10 @@ class Scheduler:
         max_queue: int,
         metrics: Metrics,
         one_thread: ort.InferenceSession | None = None,
+        prefix_cache: PrefixCache | None = None,
     ):
         self.sampler = sampler
+        self.prefix_cache = prefix_cache
         self.max_batch = max_batch  # sequences stepped together
         self.max_queue = max_queue  # requests waiting for room
         self.metrics = metrics
@@ -167,8 +171,12 @@ class Scheduler:
     def _join(self, completions: list[Completion]) -> None:
         rows = [choice for completion in completions for choice in completion.choices]
         if rows:
+            first = len(self.rows)
             self.batch.join(len(rows))
             self.rows.extend(rows)
+            if self.prefix_cache is not None:
+                start_from_prefixes(self.prefix_cache, self.rows, first, self.batch.h, self.batch.c)
+                self.metrics.prefix_cache(self.prefix_cache)
             self.metrics.prompt_characters.inc(sum(c.prompt_chars * c.request.n for c in completions))
             with self.lock:
                 self._gauges()
@@ -230,6 +238,8 @@ class Scheduler:
         for i, row in enumerate(rows):
             if row.fed < len(row.prompt_ids):
                 row.fed += 1
+                if row.prefix_keys and keep_prefix(self.prefix_cache, row, self.batch.h[:, i], self.batch.c[:, i]):
+                    self.metrics.prefix_cache(self.prefix_cache)
                 if row.fed < len(row.prompt_ids):  # still reading the prompt
                     if row.completion.request.echo and row.completion.request.logprobs is not None:
                         self._prompt_logprob(row, logits[i])
