@@ -18,17 +18,20 @@ from pathlib import Path
 
 from common import ROOT, corpus, median, report, run_json
 
+SHAPES = {"2x512": (64, 512), "2x256": (16, 256), "2x128": (16, 128)}  # name -> (embedding, hidden), 2 layers
 
-def make_models(folder: Path) -> tuple[Path, Path]:
-    """A 2 x 512 model (embedding 64, Tiny Shakespeare's vocabulary) exported in fp32 and int8. The weights
-    are the seeded initialization: speed does not depend on them."""
+
+def make_models(folder: Path, shape: str = "2x512") -> tuple[Path, Path]:
+    """A model of this shape (2 x 512 with an embedding of 64 by default; Tiny Shakespeare's vocabulary)
+    exported in fp32 and int8. The weights are the seeded initialization: speed does not depend on them."""
+    embed, hidden = SHAPES[shape]
     code = f"""
 import torch
 from trainer.checkpoint import FORMAT, save_checkpoint
 from trainer.config import Config
 from trainer.model import build_model
 cfg = Config()
-cfg.model.embed, cfg.model.hidden, cfg.model.layers = 64, 512, 2
+cfg.model.embed, cfg.model.hidden, cfg.model.layers = {embed}, {hidden}, 2
 vocab = sorted(set(open({str(corpus())!r}, encoding='utf-8').read()))
 torch.manual_seed(0)
 model = build_model(len(vocab), cfg.model)

@@ -4,10 +4,12 @@ and 64 concurrent streaming clients with 16-character prompts, side by side in o
   (b) the offline batched Sampler at the same batch (the ceiling: no HTTP, no scheduler, one prompt), and
   (c) the service with --threads 2, one onnxruntime setting for every tick (the default runs small ticks on
       one thread).
-The model is the 2 x 512 shape of bench/sample_speed.py, fp32, top-k 5. Each round runs every contender once,
-in a fresh process (the server is started once and idles between its turns); medians over rounds.
+The model is a shape of bench/sample_speed.py (--shape: 2x512, 2x256 or 2x128), fp32, top-k 5; with
+--max-batch below the most clients, the rest wait in the queue. The servers' peak memory is reported too. Each
+round runs every contender once, in a fresh process (the server is started once and idles between its turns);
+medians over rounds.
 
-    python bench/serve_speed.py [--rounds 3] [--clients 1 8 64]
+    python bench/serve_speed.py [--rounds 3] [--clients 1 8 64] [--shape 2x512] [--max-batch N]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, corpus, machine, median, run_json, table
-from sample_speed import make_models
+from sample_speed import SHAPES, make_models
 
 CHARS = {1: 2000, 8: 800, 64: 300}  # characters per client: about a second of work at each concurrency
 
@@ -95,6 +97,14 @@ def offline(code: str, model: Path, clients: int, chars: int) -> dict:
     return run_json(["-c", code, str(model), json.dumps(prompts(clients)), str(chars)])
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM) in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def start_server(model: Path, max_batch: int, *extra: str) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen(
         [sys.executable, "-m", "serve.http", str(model), "--port", "0", "--max-batch", str(max_batch), *extra],
@@ -114,12 +124,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="2x512", help="the model's shape (2x512)")
+    parser.add_argument("--max-batch", type=int, default=None, help="the server's (default: the most clients)")
     args = parser.parse_args()
+    max_batch = args.max_batch or max(args.clients)
     figures: dict[tuple[int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
-        model, _ = make_models(Path(tmp))
-        server, url = start_server(model, max(args.clients))
-        fixed, fixed_url = start_server(model, max(args.clients), "--threads", "2")
+        model, _ = make_models(Path(tmp), args.shape)
+        server, url = start_server(model, max_batch)
+        fixed, fixed_url = start_server(model, max_batch, "--threads", "2")
         try:
             for round_ in range(args.rounds):
                 for clients in args.clients:
@@ -134,6 +147,7 @@ def main() -> None:
                         figures.setdefault((clients, name), []).append(measure())
                 print(f"round {round_ + 1}/{args.rounds} done", flush=True)
         finally:
+            peak_mb = [peak_rss_mb(process.pid) for process in (server, fixed)]
             for process in (server, fixed):
                 process.terminate()
                 process.wait(60)
@@ -148,9 +162,11 @@ def main() -> None:
             p99 = median([percentile(f["ttfc"], 0.99) for f in runs])
             ttfc = "-" if name == "offline batched" else f"{p50 * 1000:,.0f} / {p99 * 1000:,.0f}"
             rows.append((clients, name, f"{speed:,.0f}", f"{speed / ceiling:.2f}", f"{speed / naive:.2f}", ttfc))
-    print(f"\nThe service against the offline samplers, 2x512 fp32, top-k 5, on {machine()}")
+    shown = f"{args.shape} fp32, top-k 5, --max-batch {max_batch}"
+    print(f"\nThe service against the offline samplers, {shown}, on {machine()}")
     headers = ("clients", "contender", "chars/s", "vs ceiling", "vs one at a time", "first char p50 / p99 (ms)")
     print(table(rows, headers))
+    print(f"the servers' peak resident memory: {peak_mb[0]:,.0f} MB (default), {peak_mb[1]:,.0f} MB (--threads 2)")
     print(json.dumps({f"{c} {n}": median([f["chars_per_s"] for f in v]) for (c, n), v in figures.items()}))
 
 
