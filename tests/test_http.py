@@ -245,3 +245,20 @@ def test_models_health_and_metrics(server, client, trained_onnx):
     metrics = server.metrics()
     assert metrics['charlstm_requests_total{route="/v1/completions",status="200"}'] >= 1
     assert metrics["charlstm_tick_seconds_count"] > 0 and "charlstm_queued_sequences" in metrics
+
+
+def test_a_stream_ends_when_its_text_does_not_after_its_pause(trained_onnx, sampler):
+    """With a minute between events, a short completion still ends at once: the last characters go out when
+    they exist, not after the pause (nor the stop sequence's end, nor a constraint's)."""
+    slow = Server(trained_onnx, "--stream-interval", "60")
+    try:
+        client = openai.OpenAI(base_url=slow.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
+        for options in (dict(max_tokens=40), dict(max_tokens=400, stop=["e"]), dict(max_tokens=100, n=2)):
+            texts, finish, _ = stream_texts(client, slow, options.pop("n", 1), prompt="The ", seed=3, **options)
+            expected = sampler.generate("The ", options["max_tokens"], seed=3, num_samples=len(texts))
+            expected = [expected] if isinstance(expected, str) else expected
+            if "stop" in options:
+                expected = [text[: text.index("e")] for text in expected]
+            assert texts == expected and None not in finish
+    finally:
+        assert slow.stop() == 0

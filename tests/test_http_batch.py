@@ -62,6 +62,13 @@ class Counting:
         self.sizes.append(len(feeds["token"]))
         return self.session.run(outputs, feeds)
 
+    def io_binding(self):
+        return self.session.io_binding()
+
+    def run_with_iobinding(self, binding):
+        self.session.run_with_iobinding(binding)
+        self.sizes.append(binding.get_outputs()[0].shape()[0])
+
 
 def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monkeypatch):
     """With a one-thread session beside the sampler's, a tick under TWO_THREADS_MACS runs on the one thread and

@@ -68,12 +68,12 @@ class BeamWorker:
             finally:
                 with self.lock:
                     self.waiting -= 1
-                completion.notifier.wake()
+                completion.notifier.end()
         while not self.jobs.empty():  # waiting when the drain began: answered with what they have (nothing)
             if (completion := self.jobs.get_nowait()) is not None:
                 for choice in completion.choices:
                     choice.end()
-                completion.notifier.wake()
+                completion.notifier.end()
 
     def _search(self, completion: Completion) -> None:
         request, sampler = completion.request, self.sampler

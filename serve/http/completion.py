@@ -20,7 +20,8 @@ from serve.logprobs import log_softmax
 
 class Notifier:
     """Wakes one asyncio waiter from another thread, at most once per wait (so ticks that come faster than the
-    handler reads cost one wake-up, not one per tick)."""
+    handler reads cost one wake-up, not one per tick); and ends a stream's pause between events early once the
+    completion is whole (`end`), so that its last characters are sent when they exist."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -28,6 +29,8 @@ class Notifier:
         self.lock = threading.Lock()
         self.waiting = False
         self.pending = False
+        self.ended = False
+        self.sleeper: asyncio.Future | None = None  # a pause under way
 
     def wake(self) -> None:  # any thread
         with self.lock:
@@ -36,6 +39,14 @@ class Notifier:
                 return
             self.waiting = False
         self.loop.call_soon_threadsafe(self.event.set)
+
+    def end(self) -> None:  # any thread: nothing more will come
+        with self.lock:
+            self.ended = True
+            sleeper, self.sleeper = self.sleeper, None
+        self.wake()
+        if sleeper is not None:
+            self.loop.call_soon_threadsafe(_resolve, sleeper)
 
     async def wait(self) -> None:  # the event loop: returns once something happened since the last wait
         with self.lock:
@@ -47,6 +58,25 @@ class Notifier:
         await self.event.wait()
         with self.lock:
             self.pending = False
+
+    async def pause(self, seconds: float) -> None:  # the event loop: sleep `seconds`, or until `end`
+        future = self.loop.create_future()
+        with self.lock:
+            if self.ended:
+                return
+            self.sleeper = future
+        timer = self.loop.call_later(seconds, _resolve, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            with self.lock:
+                self.sleeper = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Choice:
@@ -139,6 +169,7 @@ class Completion:
         self.request = request
         self.automaton = automaton  # the compiled guided_regex or guided_choice
         self.bias = bias  # (V,) float32 logit_bias, added to the logits first
+        self.plain = automaton is None and bias is None  # its pick reads the logits as they are
         self.seed = seed
         # the prompt as the model read it (its Unicode form, unknowns skipped); prompt_ids is never empty: an
         # empty prompt starts from a newline, as Sampler starts

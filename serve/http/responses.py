@@ -8,7 +8,6 @@ however fast the ticks are and however many clients there are."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -127,7 +126,7 @@ async def completion_events(
                 yield event({**head, "choices": [body]})
                 sent[i], echoed[i], ended[i] = visible, True, finish is not None
             if not all(ended):
-                await asyncio.sleep(pause())
+                await completion.notifier.pause(pause())
         if request.include_usage:
             yield event({**head, "choices": [], "usage": usage(completion)})
         yield DONE

@@ -20,6 +20,7 @@ from serve.http.prefix_cache import PrefixCache, keep_prefix, start_from_prefixe
 from serve.http.protocol import ApiError
 from serve.pick import draws
 from serve.sampler import Sampler
+from serve.session import bind_step
 
 RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
 
@@ -38,39 +39,72 @@ def macs_per_row(layers: int, hidden: int, vocab: int) -> int:
 
 class Batch:
     """The (h, c) of every active row, in row order, and one batched step for all of them. Rows join with the
-    zero state (as Sampler starts) and leave between ticks; nothing is padded. With `one_thread` (a session of
-    the same model on one onnxruntime thread) a small tick runs there, a large one on the sampler's session:
-    in fp32 on the CPU both give the same bits for a row."""
+    zero state (as Sampler starts) and leave between ticks; nothing is padded. The step's buffers are bound to
+    the session once per batch size (bind_step) and two bindings alternate, so h_out of one tick is h of the
+    next and a tick allocates nothing. With `one_thread` (a session of the same model on one onnxruntime
+    thread) a small batch runs there, a large one on the sampler's session: in fp32 on the CPU both give the
+    same bits for a row."""
 
     def __init__(self, sampler: Sampler, one_thread: ort.InferenceSession | None = None):
         self.sampler = sampler
         self.one_thread = one_thread
         self.row_macs = macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
-        self.h = np.zeros((sampler.layers, 0, sampler.hidden), dtype=np.float32)  # (L, B, H)
-        self.c = np.zeros_like(self.h)  # (L, B, H)
+        self._allocate(0)
+
+    def _allocate(self, rows: int) -> None:
+        """Zeroed buffers for `rows` rows, bound to the session that steps that many."""
+        layers, hidden, vocab = self.sampler.layers, self.sampler.hidden, len(self.sampler.vocab)
+        self.token = np.zeros(rows, dtype=np.int64)  # (B,)
+        self.logits = np.zeros((rows, vocab), dtype=np.float32)  # (B, V)
+        self.states = [np.zeros((layers, rows, hidden), dtype=np.float32) for _ in range(4)]  # h, c; h, c
+        self.parity = 0  # states[0:2] hold the rows' (h, c) now, or states[2:4]
+        self.bindings = []
+        if rows:
+            small = self.one_thread is not None and rows * self.row_macs < TWO_THREADS_MACS
+            session = self.one_thread if small else self.sampler.session
+            self.session = session
+            h0, c0, h1, c1 = self.states
+            self.bindings = [
+                bind_step(session, self.token, h0, c0, self.logits, h1, c1),
+                bind_step(session, self.token, h1, c1, self.logits, h0, c0),
+            ]
+
+    @property
+    def h(self) -> np.ndarray:  # (L, B, H), written in place by a join from a kept prefix
+        return self.states[2 * self.parity]
+
+    @property
+    def c(self) -> np.ndarray:  # (L, B, H)
+        return self.states[2 * self.parity + 1]
 
     def __len__(self) -> int:
-        return self.h.shape[1]
+        return len(self.token)
 
     def join(self, count: int) -> None:
         """`count` new rows at the end, from the zero state."""
-        zeros = np.zeros((self.h.shape[0], count, self.h.shape[2]), dtype=np.float32)
-        self.h = np.concatenate([self.h, zeros], axis=1)
-        self.c = np.concatenate([self.c, zeros], axis=1)
+        h, c = self.h, self.c
+        self._allocate(len(self) + count)
+        self.h[:, : h.shape[1]] = h
+        self.c[:, : c.shape[1]] = c
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep these rows, in this order (the others leave)."""
         index = np.asarray(rows, dtype=np.int64)
-        self.h = np.ascontiguousarray(self.h[:, index])
-        self.c = np.ascontiguousarray(self.c[:, index])
+        h, c = self.h, self.c
+        if len(index) == len(self):  # a new order: into the other pair of the same buffers
+            self.parity ^= 1
+        else:
+            self._allocate(len(index))
+        np.take(h, index, axis=1, out=self.h)
+        np.take(c, index, axis=1, out=self.c)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed one token per row (B,) and advance every row; the logits (B, V) for each row's next character."""
-        if self.one_thread is not None and len(tokens) * self.row_macs < TWO_THREADS_MACS:
-            logits, self.h, self.c = self.one_thread.run(None, {"token": tokens, "h": self.h, "c": self.c})
-            return logits
-        logits, self.h, self.c = self.sampler.step(tokens, self.h, self.c)
-        return logits
+        """Feed one token per row (B,) and advance every row; the logits (B, V) for each row's next character,
+        in a buffer that the next step overwrites."""
+        self.token[:] = tokens
+        self.session.run_with_iobinding(self.bindings[self.parity])
+        self.parity ^= 1
+        return self.logits
 
 
 class Scheduler:
@@ -197,7 +231,7 @@ class Scheduler:
         self.rows = [self.rows[i] for i in keep]
         for completion in left.values():
             if completion.done or completion.cancelled:
-                completion.notifier.wake()
+                completion.notifier.end()
         with self.lock:
             self.free += freed
             while self.queue and self.queue[0].request.n <= self.free:
@@ -216,7 +250,7 @@ class Scheduler:
         for completion in waiting:
             for choice in completion.choices:
                 choice.end()
-            completion.notifier.wake()
+            completion.notifier.end()
         for row in self.rows:
             row.end()
             row.completion.notifier.wake()
@@ -272,7 +306,9 @@ class Scheduler:
         """The group's logits with each request's logit_bias added, and the constraints' masks (None when no row
         has one); a row with nothing allowed gets all characters, to be thrown away."""
         rows = self.rows
-        scores = logits[group]
+        scores = logits[group] if len(group) < len(logits) else logits  # a group is in row order
+        if all(rows[i].completion.plain for i in group):
+            return scores, None
         biases = [rows[i].completion.bias for i in group]
         if any(b is not None for b in biases):
             scores = scores + np.stack([b if b is not None else self.no_bias for b in biases])
