@@ -9,9 +9,9 @@ import pytest
 
 from export.onnx import main as export_main
 from serve.http.app import model_card
+from serve.http.batch import Batch
 from serve.http.completion import Completion
 from serve.http.protocol import parse_completion
-from serve.http.scheduler import Batch
 from serve.sampler import Sampler
 
 
@@ -74,13 +74,13 @@ def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monk
     """With a one-thread session beside the sampler's, a tick under TWO_THREADS_MACS runs on the one thread and
     a larger one on the sampler's session, and every row still equals its batch-1 steps bitwise as the batch
     crosses the line both ways."""
-    import serve.http.scheduler as scheduler
+    import serve.http.batch as batch_module
     from serve.sampler import load_model
 
     sampler = Sampler(trained_onnx, device="cpu")
-    row_macs = scheduler.macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
+    row_macs = batch_module.macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
     assert row_macs == 4 * sampler.hidden**2 + (sampler.layers - 1) * 8 * sampler.hidden**2 + sampler.hidden * 100
-    monkeypatch.setattr(scheduler, "TWO_THREADS_MACS", 6 * row_macs)  # under 6 rows: one thread
+    monkeypatch.setattr(batch_module, "TWO_THREADS_MACS", 6 * row_macs)  # under 6 rows: one thread
     one_thread = Counting(load_model(trained_onnx, device="cpu", threads=1, spin=False)[0])
     wide = Counting(sampler.session)
     monkeypatch.setattr(sampler, "session", wide)
@@ -89,6 +89,11 @@ def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monk
     assert one_thread.sizes and max(one_thread.sizes) <= 5  # the ticks under the line
     ticks_on_wide = [size for size in wide.sizes if size > 1]  # the reference's batch-1 steps run there too
     assert ticks_on_wide and min(ticks_on_wide) >= 6
+    # while prompts are read beside the batch (`narrow`), every tick runs on the one thread, with the same bits
+    batch = Batch(sampler, one_thread)
+    batch.narrow = True
+    differ, largest = drive(sampler, ticks=60, seed=2, batch=batch)
+    assert differ == 0 and largest >= 10 and max(one_thread.sizes) == largest
 
 
 def test_the_prefix_cache_keeps_the_longest_prefixes_within_its_bytes():

@@ -126,8 +126,18 @@ def test_429_when_the_batch_and_the_queue_are_full(trained_onnx):
 
 
 def test_sigterm_drains_then_exits_0(trained_onnx):
-    server = Server(trained_onnx, "--drain-seconds", "2", "--max-tokens", "10000000", "--stream-interval", "0.05")
+    """A stream and a prompt still being read beside the batch both end with `length` at the drain's end."""
+    server = Server(
+        trained_onnx,
+        *("--drain-seconds", "2", "--max-tokens", "10000000", "--stream-interval", "0.05"),
+        *("--max-prompt", "3000000", "--max-body", "10000000"),
+    )
     events: list[dict] = []
+    answers: list[httpx.Response] = []
+
+    def read_long_prompt():
+        body = {"prompt": "The cat sat. " * 200_000, "max_tokens": 5}  # seconds to read, even on this model
+        answers.append(httpx.post(server.url + "/v1/completions", json=body, headers=server.headers(), timeout=60))
 
     def read_stream():
         body = {"prompt": "The ", "max_tokens": 10000000, "stream": True}
@@ -140,6 +150,9 @@ def test_sigterm_drains_then_exits_0(trained_onnx):
     reader.start()
     try:
         server.wait_for(lambda: len(events) > 2, what="the stream to start")
+        long_prompt = threading.Thread(target=read_long_prompt, daemon=True)
+        long_prompt.start()
+        server.wait_for(lambda: server.metrics()["charlstm_prompts_read_beside"] == 1, what="the prompt's reading")
         server.process.send_signal(signal.SIGTERM)
         server.wait_for(lambda: httpx.get(server.url + "/health").status_code == 503, what="draining")
         refused = httpx.post(server.url + "/v1/completions", json=GOOD, headers=server.headers())
@@ -147,6 +160,9 @@ def test_sigterm_drains_then_exits_0(trained_onnx):
         assert server.process.wait(30) == 0
         reader.join(10)
         assert events[-1] == {"done": True} and events[-2]["choices"][0]["finish_reason"] == "length"
+        long_prompt.join(10)
+        choice = answers[0].json()["choices"][0]
+        assert answers[0].status_code == 200 and (choice["text"], choice["finish_reason"]) == ("", "length")
         assert not any("Traceback" in line for line in server.stderr)
     finally:
         if server.process.poll() is None:

@@ -26,6 +26,11 @@ class Metrics:
             "charlstm_queued_sequences", "sequences waiting for room in the batch", registry=self.registry
         )
         self.queued_requests = Gauge("charlstm_queued_requests", "requests waiting for room", registry=self.registry)
+        self.reading = Gauge(
+            "charlstm_prompts_read_beside",
+            "requests whose long prompt is read beside the batch",
+            registry=self.registry,
+        )
         self.characters = Counter("charlstm_generated_characters", "characters generated", registry=self.registry)
         self.prompt_characters = Counter("charlstm_prompt_characters", "prompt characters read", registry=self.registry)
         tick_buckets = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)

@@ -10,11 +10,12 @@ rows stepped beside it, so a hit's text is the text of a miss."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numpy as np
 
-from serve.http.completion import Choice
+from serve.http.completion import Choice, Completion
 
 CHUNK = 256  # characters between the prefixes kept
 DIGEST = 16  # bytes of each key (blake2b)
@@ -33,9 +34,11 @@ def boundary_keys(prompt_ids: np.ndarray) -> list[bytes]:
 
 
 class PrefixCache:
-    """(h, c) of (L, H) float32 each, by prefix key; bounded in bytes, least recently used out."""
+    """(h, c) of (L, H) float32 each, by prefix key; bounded in bytes, least recently used out. The scheduler
+    and the prompt reader share it (a lock)."""
 
     def __init__(self, max_bytes: int):
+        self.lock = threading.Lock()
         self.max_bytes = max_bytes
         self.entries: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.bytes = 0
@@ -48,6 +51,10 @@ class PrefixCache:
     def longest(self, keys: list[bytes]) -> tuple[int, np.ndarray, np.ndarray] | None:
         """The longest kept prefix among a prompt's boundary keys: (its length in characters, h, c), copies; None
         when none is kept. Counts a hit or a miss."""
+        with self.lock:
+            return self._longest(keys)
+
+    def _longest(self, keys: list[bytes]) -> tuple[int, np.ndarray, np.ndarray] | None:
         for k in range(len(keys) - 1, -1, -1):
             found = self.entries.get(keys[k])
             if found is not None:
@@ -60,6 +67,10 @@ class PrefixCache:
 
     def store(self, key: bytes, h: np.ndarray, c: np.ndarray) -> None:
         """Keep the state after a prefix (copied); the least recently used go until the bound holds."""
+        with self.lock:
+            self._store(key, h, c)
+
+    def _store(self, key: bytes, h: np.ndarray, c: np.ndarray) -> None:
         if key in self.entries:
             self.entries.move_to_end(key)
             return
@@ -72,23 +83,17 @@ class PrefixCache:
             self.bytes -= self.size(old_h, old_c)
 
 
-def start_from_prefixes(cache: PrefixCache, rows: list[Choice], first: int, h: np.ndarray, c: np.ndarray) -> None:
-    """The rows from `first` on (just joined, at the zero state) start from the longest kept prefix of their
-    prompt: their state in the batch's h and c (L, B, H) becomes the kept one, their reading goes on after it.
-    A request that echoes its prompt with logprobs reads it whole: it needs every position's logits. The
-    choices of one request share their prompt and the lookup."""
-    found_for: dict[int, tuple | None] = {}
-    for i in range(first, len(rows)):
-        row, completion = rows[i], rows[i].completion
-        if completion.request.echo and completion.request.logprobs is not None:
-            continue
-        if id(completion) not in found_for:
-            row.prefix_keys = boundary_keys(row.prompt_ids)
-            found_for[id(completion)] = cache.longest(row.prefix_keys)
-        row.prefix_keys = completion.choices[0].prefix_keys
-        found = found_for[id(completion)]
-        if found is not None:
-            row.fed, h[:, i], c[:, i] = found
+def prefix_start(cache: PrefixCache, completion: Completion) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """Where a request's reading starts: after its prompt's longest kept prefix (its length, h, c: (L, H)), or
+    None for the zero state. Its choices get the prompt's boundary keys, so that reading it keeps them. A request
+    that echoes its prompt with logprobs reads it whole: it needs every position's logits."""
+    request = completion.request
+    if request.echo and request.logprobs is not None:
+        return None
+    keys = boundary_keys(completion.choices[0].prompt_ids)
+    for choice in completion.choices:
+        choice.prefix_keys = keys
+    return cache.longest(keys)
 
 
 def keep_prefix(cache: PrefixCache, row: Choice, h: np.ndarray, c: np.ndarray) -> bool:

@@ -1,110 +1,29 @@
-"""The scheduler: one thread owns the onnxruntime session and advances every active sequence by one character
-per tick (continuous batching). Requests join and leave between ticks; prompts are read through the same
-batched step, one character per tick, so a row's arithmetic is the offline Sampler's, step for step; a prompt
-starts from its longest kept prefix (serve/http/prefix_cache.py) when one is kept. The rows' LSTM state is a
-Batch, kept compact so that a tick steps only the active rows."""
+"""The scheduler: one thread owns the batch and advances every active sequence by one character per tick
+(continuous batching). Requests join and leave between ticks. A prompt starts from its longest kept prefix
+(serve/http/prefix_cache.py) when one is kept; a long one is then read beside the batch
+(serve/http/prompt_reader.py), a short one through the batch, one character per tick; either way a row's
+arithmetic is the offline Sampler's, step for step. The rows' LSTM state is a Batch (serve/http/batch.py),
+kept compact so that a tick steps only the active rows."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
 
+from serve.http.batch import Batch
 from serve.http.completion import Choice, Completion, top_logprobs
 from serve.http.metrics import Metrics
-from serve.http.prefix_cache import PrefixCache, keep_prefix, start_from_prefixes
+from serve.http.prefix_cache import PrefixCache, keep_prefix, prefix_start
+from serve.http.prompt_reader import READ_BESIDE, PromptReader, Read
 from serve.http.protocol import ApiError
 from serve.pick import draws
 from serve.sampler import Sampler
-from serve.session import bind_step
 
 RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
-
-
-# A tick of fewer multiply-adds than this runs on one onnxruntime thread: without spinning, waking a second
-# thread costs more than it saves on a small step (docs/benchmarks.md, "The service's threads"). 20M is where
-# two threads overtook one on 2 cores: 8 rows of 2 x 512, 32 rows of 2 x 256, never at 64 rows of 2 x 128.
-TWO_THREADS_MACS = 20_000_000
-
-
-def macs_per_row(layers: int, hidden: int, vocab: int) -> int:
-    """Multiply-adds of one row's step: the first layer's recurrent matrix (its input is a table lookup), each
-    later layer's input and recurrent matrices, the head."""
-    return 4 * hidden * hidden + (layers - 1) * 8 * hidden * hidden + hidden * vocab
-
-
-class Batch:
-    """The (h, c) of every active row, in row order, and one batched step for all of them. Rows join with the
-    zero state (as Sampler starts) and leave between ticks; nothing is padded. The step's buffers are bound to
-    the session once per batch size (bind_step) and two bindings alternate, so h_out of one tick is h of the
-    next and a tick allocates nothing. With `one_thread` (a session of the same model on one onnxruntime
-    thread) a small batch runs there, a large one on the sampler's session: in fp32 on the CPU both give the
-    same bits for a row."""
-
-    def __init__(self, sampler: Sampler, one_thread: ort.InferenceSession | None = None):
-        self.sampler = sampler
-        self.one_thread = one_thread
-        self.row_macs = macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
-        self._allocate(0)
-
-    def _allocate(self, rows: int) -> None:
-        """Zeroed buffers for `rows` rows, bound to the session that steps that many."""
-        layers, hidden, vocab = self.sampler.layers, self.sampler.hidden, len(self.sampler.vocab)
-        self.token = np.zeros(rows, dtype=np.int64)  # (B,)
-        self.logits = np.zeros((rows, vocab), dtype=np.float32)  # (B, V)
-        self.states = [np.zeros((layers, rows, hidden), dtype=np.float32) for _ in range(4)]  # h, c; h, c
-        self.parity = 0  # states[0:2] hold the rows' (h, c) now, or states[2:4]
-        self.bindings = []
-        if rows:
-            small = self.one_thread is not None and rows * self.row_macs < TWO_THREADS_MACS
-            session = self.one_thread if small else self.sampler.session
-            self.session = session
-            h0, c0, h1, c1 = self.states
-            self.bindings = [
-                bind_step(session, self.token, h0, c0, self.logits, h1, c1),
-                bind_step(session, self.token, h1, c1, self.logits, h0, c0),
-            ]
-
-    @property
-    def h(self) -> np.ndarray:  # (L, B, H), written in place by a join from a kept prefix
-        return self.states[2 * self.parity]
-
-    @property
-    def c(self) -> np.ndarray:  # (L, B, H)
-        return self.states[2 * self.parity + 1]
-
-    def __len__(self) -> int:
-        return len(self.token)
-
-    def join(self, count: int) -> None:
-        """`count` new rows at the end, from the zero state."""
-        h, c = self.h, self.c
-        self._allocate(len(self) + count)
-        self.h[:, : h.shape[1]] = h
-        self.c[:, : c.shape[1]] = c
-
-    def keep(self, rows: Sequence[int]) -> None:
-        """Keep these rows, in this order (the others leave)."""
-        index = np.asarray(rows, dtype=np.int64)
-        h, c = self.h, self.c
-        if len(index) == len(self):  # a new order: into the other pair of the same buffers
-            self.parity ^= 1
-        else:
-            self._allocate(len(index))
-        np.take(h, index, axis=1, out=self.h)
-        np.take(c, index, axis=1, out=self.c)
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed one token per row (B,) and advance every row; the logits (B, V) for each row's next character,
-        in a buffer that the next step overwrites."""
-        self.token[:] = tokens
-        self.session.run_with_iobinding(self.bindings[self.parity])
-        self.parity ^= 1
-        return self.logits
 
 
 class Scheduler:
@@ -125,6 +44,10 @@ class Scheduler:
         self.max_queue = max_queue  # requests waiting for room
         self.metrics = metrics
         self.batch = Batch(sampler, one_thread)
+        reading_session = one_thread if one_thread is not None else sampler.session
+        self.reader = PromptReader(sampler, reading_session, prefix_cache, metrics, self._read)
+        self.read: list[Read] = []  # prompts the reader has read, joining at the next tick
+        self.reading = 0  # requests the reader holds
         self.no_bias = np.zeros(len(sampler.vocab), dtype=np.float32)  # (V,): x + 0 is x, bit for bit
         self.everything = np.ones(len(sampler.vocab), dtype=bool)  # (V,)
         self.rows: list[Choice] = []  # the batch's rows, in its order
@@ -138,6 +61,7 @@ class Scheduler:
         self.thread = threading.Thread(target=self._run, name="charlstm-scheduler", daemon=True)
 
     def start(self) -> None:
+        self.reader.start()
         self.thread.start()
 
     # ------------------------------------------------------------ the event loop's side
@@ -178,40 +102,65 @@ class Scheduler:
             self.draining = True
             self.deadline = time.monotonic() + grace
             self.lock.notify()
+        self.reader.begin_drain(self.deadline)
+
+    def _read(self, reads: list[Read]) -> None:  # the reader's thread
+        with self.lock:
+            self.read.extend(reads)
+            self.lock.notify()
 
     # ------------------------------------------------------------ the scheduler thread
 
     def _run(self) -> None:
         while True:
             with self.lock:
-                while not (self.rows or self.joining or self.queue or self.draining):
+                while not (self.rows or self.joining or self.queue or self.read or self.draining):
                     self.lock.wait()
-                if self.draining and not (self.rows or self.joining or self.queue):
+                if self.draining and not (self.rows or self.joining or self.queue or self.read or self.reading):
                     break
                 joining, self.joining = self.joining, []
-            self._join(joining)
+                read, self.read = self.read, []
+            self._join(joining, read)
             self._leave(cancelled_only=True)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self._end_everything()
             if self.rows:
+                self.batch.narrow = self.reading > 0  # the reader has the other core
                 self._tick()
                 self._leave(cancelled_only=False)
             elif self.deadline is not None:
-                with self.lock:  # nothing to step: wait for a request to join, or the deadline
-                    if not (self.joining or self.rows):
+                with self.lock:  # nothing to step: wait for a request to join or come back read, or the deadline
+                    if not (self.joining or self.read):
                         self.lock.wait(max(0.0, self.deadline - time.monotonic()))
         self.drained.set()
 
-    def _join(self, completions: list[Completion]) -> None:
-        rows = [choice for completion in completions for choice in completion.choices]
-        if rows:
-            first = len(self.rows)
-            self.batch.join(len(rows))
-            self.rows.extend(rows)
-            if self.prefix_cache is not None:
-                start_from_prefixes(self.prefix_cache, self.rows, first, self.batch.h, self.batch.c)
-                self.metrics.prefix_cache(self.prefix_cache)
+    def _join(self, completions: list[Completion], read: list[Read]) -> None:
+        """Admitted requests start from a kept prefix, if any; a long prompt goes to the reader, the rest join
+        the batch, with the requests the reader hands back (each choice from the state it read)."""
+        joining: list[tuple[Choice, tuple | None]] = []
+        for completion in completions:
+            start = prefix_start(self.prefix_cache, completion) if self.prefix_cache is not None else None
+            fed = start[0] if start is not None else 0
+            if len(completion.choices[0].prompt_ids) - fed > READ_BESIDE:
+                self.reading += 1
+                self.reader.read(completion, start)
+            else:
+                joining += [(choice, start) for choice in completion.choices]
+        for done in read:
+            self.reading -= 1
+            joining += [(choice, (done.fed, done.h, done.c)) for choice in done.completion.choices]
+        if self.prefix_cache is not None and completions:
+            self.metrics.prefix_cache(self.prefix_cache)
+        if completions:
             self.metrics.prompt_characters.inc(sum(c.prompt_chars * c.request.n for c in completions))
+        if joining:
+            first = len(self.rows)
+            self.batch.join(len(joining))
+            for i, (choice, start) in enumerate(joining, start=first):
+                self.rows.append(choice)
+                if start is not None:
+                    choice.fed, self.batch.h[:, i], self.batch.c[:, i] = start
+        if completions or read:
             with self.lock:
                 self._gauges()
 
@@ -260,6 +209,7 @@ class Scheduler:
         self.metrics.active.set(len(self.rows))
         self.metrics.queued.set(sum(c.request.n for c in self.queue))
         self.metrics.queued_requests.set(len(self.queue))
+        self.metrics.reading.set(self.reading)
 
     # ------------------------------------------------------------ one tick
 
