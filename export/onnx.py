@@ -34,7 +34,7 @@ from torch import nn
 from export.verify import PARITY_CHARS, PRIME_CHARS, verify
 from trainer.checkpoint import load_checkpoint
 from trainer.config import ConfigError, from_dict
-from trainer.data import load_corpus, split, user_cache_dir
+from trainer.data import ReadOptions, load_corpus, split, user_cache_dir
 from trainer.errors import UserError
 from trainer.model import CharLSTM, build_model
 
@@ -136,7 +136,8 @@ def reference_text(ckpt: dict, model: CharLSTM, eval_text: str | None, min_chars
     at_hand = spec != "tinyshakespeare" or (user_cache_dir() / "tinyshakespeare.txt").is_file()  # no download
     if at_hand:
         try:
-            corpus = load_corpus(spec, ckpt["config"]["data"].get("cache_dir"), normal_form(ckpt))
+            data = ckpt["config"]["data"]
+            corpus = load_corpus(spec, data.get("cache_dir"), normal_form(ckpt), ReadOptions.of(data))
             if corpus.sha256 == ckpt.get("corpus_sha256") and corpus.vocab == ckpt["vocab"]:
                 _, val = split(corpus.ids, ckpt["config"]["data"].get("val_fraction", 0.1))
                 if len(val) >= min_chars:  # the checks read at most the first 100k characters of it

@@ -225,7 +225,7 @@ def test_empty_and_missing_files(tmp_path):
         load_corpus(str(tmp_path / "empty.txt"))
     with pytest.raises(UserError, match="does not exist"):
         load_corpus(str(tmp_path / "nope.txt"))
-    with pytest.raises(UserError, match="its files hold no text"):
+    with pytest.raises(UserError, match="holds no text"):
         load_corpus(str(tmp_path))  # a folder: its files joined, and its one file is empty
 
 
@@ -394,5 +394,5 @@ def test_folders_and_globs_that_cannot_train(tmp_path):
     (tmp_path / "mixed").mkdir()
     (tmp_path / "mixed" / "text.txt").write_text("fine\n", encoding="utf-8")
     (tmp_path / "mixed" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
-    with pytest.raises(UserError, match=r"image\.png is not UTF-8 text \(invalid byte 0x89 at byte offset 0\)"):
+    with pytest.raises(UserError, match=r"image\.png is not UTF-8 text \(invalid byte 0x89 at byte offset 0, line 1\)"):
         load_corpus(str(tmp_path / "mixed"))

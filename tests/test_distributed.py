@@ -244,13 +244,39 @@ def test_non_finite_skip_is_agreed(data, tmp_path):
     assert_close_params(ends[1], ends[2])
 
 
+@pytest.fixture(scope="module")
+def shards(corpus_100k, tmp_path_factory) -> list[str]:
+    """The English text as a folder of shards as people keep them (JSON Lines .gz, Parquet, CSV .zst), whose
+    rows joined with data.separator="" are the text itself: the data.path overrides that read it."""
+    import csv
+    import gzip
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    text = corpus_100k.read_text(encoding="utf-8")
+    rows = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+    third = len(rows) // 3
+    folder = tmp_path_factory.mktemp("shards")
+    jsonl = "".join(json.dumps({"id": i, "text": row}) + "\n" for i, row in enumerate(rows[:third]))
+    (folder / "part-0.jsonl.gz").write_bytes(gzip.compress(jsonl.encode()))
+    pq.write_table(pa.table({"text": rows[third : 2 * third]}), folder / "part-1.parquet", row_group_size=16)
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([["text"], *[[row] for row in rows[2 * third :]]])
+    (folder / "part-2.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(table.getvalue().encode()))
+    return [f"data.path={folder}", "data.separator="]
+
+
 @pytest.mark.skipif(
     "two_hosts_unavailable() is None", reason="test_two_hosts_with_their_own_disks_stop_resume_and_finish covers it"
 )
-def test_two_machines_on_loopback(one_process, data, tmp_path):
-    """NNODES=2: two launch.sh processes (node ranks 0 and 1, one process each) on 127.0.0.1 compute what one
-    process computes. Each "machine" gets one thread: two processes that each take every core of one machine
-    wait on each other at every step (20 s to a minute instead of 8 s on 2 cores)."""
+def test_two_machines_on_loopback(one_process, shards, tmp_path):
+    """NNODES=2: two launch.sh processes (node ranks 0 and 1, one process each) on 127.0.0.1, reading the text
+    as shards, compute what one process computes from the plain text. Each "machine" gets one thread: two
+    processes that each take every core of one machine wait on each other at every step (20 s to a minute
+    instead of 8 s on 2 cores)."""
     import socket
 
     with socket.socket() as probe:
@@ -258,7 +284,7 @@ def test_two_machines_on_loopback(one_process, data, tmp_path):
         port = probe.getsockname()[1]
     nodes = []
     for rank in (0, 1):
-        cmd, env = launch_cmd(1, tmp_path, data, *SCHEDULE)
+        cmd, env = launch_cmd(1, tmp_path, *shards, *SCHEDULE)
         env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         env["OMP_NUM_THREADS"] = "1"  # the user's setting wins over launch.sh's (which would be every core)
         nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -266,7 +292,9 @@ def test_two_machines_on_loopback(one_process, data, tmp_path):
         _, stderr = node.communicate(timeout=300)
         assert node.returncode == 0, stderr.decode()[-2000:]
     assert [(e["processes"], e["threads"]) for e in start_events(tmp_path)] == [(2, 1)]
-    assert_close_params(load_checkpoint(one_process / "ckpt.pt"), load_checkpoint(tmp_path / "ckpt.pt"))
+    one, two = load_checkpoint(one_process / "ckpt.pt"), load_checkpoint(tmp_path / "ckpt.pt")
+    assert two["corpus_sha256"] == one["corpus_sha256"]  # the shards hold the plain text, to the byte
+    assert_close_params(one, two)
 
 
 def test_kill9_never_leaves_an_unreadable_checkpoint(data, tmp_path):
@@ -588,16 +616,17 @@ def two_hosts(tmp_path):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, data, tmp_path):
-    """NNODES=2 on two hosts joined by a network, each with its own disk: train, SIGTERM both (as a scheduler
-    does), rerun both to the end. The main process alone reads and writes out_dir, so host 1's disk holds only
-    its own corpus cache, and the rerun resumes from host 0's ckpt.pt. The result is one process's."""
+def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards, data, tmp_path):
+    """NNODES=2 on two hosts joined by a network, each with its own disk: train on shards, SIGTERM both (as a
+    scheduler does), rerun both to the end. The main process alone reads and writes out_dir, so host 1's disk
+    holds only its own corpus cache, and the rerun resumes from host 0's ckpt.pt. The result is one process's
+    on the plain text the shards hold."""
     out = tmp_path / "disk" / "out"  # the same path on both hosts: host 0's disk0/out, host 1's disk1/out
 
     def launch_both(name: str) -> list[subprocess.Popen]:
         hosts = []
         for rank in (0, 1):
-            cmd, env = launch_cmd(1, out, data, *LONG)
+            cmd, env = launch_cmd(1, out, *shards, *LONG)
             env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_PORT": "29511", "OMP_NUM_THREADS": "1"}
             log = open(tmp_path / f"{name}{rank}.err", "w")  # noqa: SIM115
             hosts.append(two_hosts(rank, cmd, env, log))
@@ -617,6 +646,7 @@ def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, data, 
     assert 60 <= stopped_at < 120
     assert not (tmp_path / "disk1" / "out").exists()  # host 1 wrote nothing of the run, only its cache
     assert any((tmp_path / "disk1" / "cache" / "ids").glob("*.ids.npy"))
+    assert any((tmp_path / "disk1" / "cache" / "sources").glob("*.json"))  # the shards' text, named once read
 
     hosts = launch_both("rerun")
     try:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from trainer.checkpoint import Checkpoint, load_checkpoint
 from trainer.config import Config
-from trainer.data import Corpus, load_corpus
+from trainer.data import Corpus, ReadOptions, load_corpus
 from trainer.dist.group import all_or_none, attempt, broadcast_from_main, gather_objects, node_name, raise_first
 from trainer.errors import UserError
 
@@ -38,7 +38,7 @@ class TextIdentity(NamedTuple):
 def load_here(cfg: Config) -> tuple[Corpus | None, str | None]:
     """This process's corpus from its own disk (encoded and cached once per machine), or why not. Called before
     the process group exists, so that no collective waits for a long first encode."""
-    return attempt(lambda: load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.normalize))
+    return attempt(lambda: load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.normalize, ReadOptions.of(cfg.data)))
 
 
 def same_text_everywhere(loaded: tuple[Corpus | None, str | None], cfg: Config, accelerator) -> Corpus:

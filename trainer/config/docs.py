@@ -4,6 +4,7 @@ description. `python -m trainer.train --help` lists them (`help_text`) and docs/
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from trainer.config.schema import Config
@@ -16,6 +17,8 @@ def format_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, str) and not value.isprintable():
+        return json.dumps(value)  # "\n\n", as it is written in YAML
     return str(value)
 
 

@@ -34,7 +34,23 @@ class DataConfig(Section):
         "tinyshakespeare",
         description="a UTF-8 text file, a folder (its files joined), a glob, `tinyshakespeare` (downloaded once, "
         "sha256-checked), `builtin:python-docs` (the Python reference documentation that ships with every CPython: "
-        "465k characters) or `builtin:python-stdlib` (the standard library's source: 31M characters)",
+        "465k characters) or `builtin:python-stdlib` (the standard library's source: 31M characters). Files named "
+        "`.jsonl`/`.json` (JSON Lines), `.csv`, `.tsv`, `.parquet`, `.arrow` and a folder written by `datasets`' "
+        "save_to_disk are read by rows; any file may be compressed (`.gz`, `.bz2`, `.xz`, `.zst`)",
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="the JSON field or the CSV, Parquet or Arrow column that holds a row's text"
+    )
+    separator: str = Field(
+        "\n\n",
+        description="what joins documents (rows, and files) into the one text; it joins the vocabulary like any "
+        "character. A row whose text is null or empty adds nothing and is counted",
+    )
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="a row that is not JSON, lacks data.text_field, holds no string there, or is ragged or not "
+        "UTF-8: `error` (one line naming the file and the line or row, before any training) or `skip` (left out, "
+        "counted in one line)",
     )
     val_fraction: float = Field(
         0.1,

@@ -20,6 +20,7 @@ import numpy as np
 from trainer.data import digests
 from trainer.data.digests import Digests, cache_root
 from trainer.data.encode import NORMAL_FORMS, encode_file, id_dtype, write_ids
+from trainer.data.formats import ReadOptions
 from trainer.data.sources import resolve_corpus
 from trainer.errors import UserError
 from trainer.files import atomic_write_bytes
@@ -44,12 +45,12 @@ class Corpus:
         lookup = np.array([vocab.index(ch) for ch in self.vocab], dtype=id_dtype(len(vocab)))
         ids_path, record_path = cache_paths(self.sha256, form, cache_dir, vocab)
         try:
-            with _cache_lock(ids_path):
-                cached = _cached(ids_path, record_path, self.sha256)
-                if cached is not None and cached.vocab == vocab:
-                    return cached
+            with cache_lock(ids_path):
+                remapped = cached(ids_path, record_path, self.sha256)
+                if remapped is not None and remapped.vocab == vocab:
+                    return remapped
                 ids_sha256 = write_ids(ids_path, lookup.dtype, len(self.ids), (lookup[c] for c in id_chunks(self.ids)))
-                _write_record(record_path, vocab, self.sha256, ids_sha256, ids_path)
+                write_record(record_path, vocab, self.sha256, ids_sha256, ids_path)
         except OSError as e:
             raise UserError(f"the id cache {ids_path.parent} cannot be written: {e.strerror or e}") from None
         return Corpus(np.load(ids_path, mmap_mode="r"), vocab, self.sha256)
@@ -94,7 +95,7 @@ def cache_paths(
 
 
 @contextmanager
-def _cache_lock(ids_path: Path):
+def cache_lock(ids_path: Path):
     """Hold a lock beside a cache entry while it is checked and built: the processes of one machine encode a
     corpus once, the others wait for it and reuse it (no collective waits on a long first encode)."""
     import fcntl
@@ -105,13 +106,13 @@ def _cache_lock(ids_path: Path):
         yield
 
 
-def _write_record(record_path: Path, vocab: list[str], sha256: str, ids_sha256: str, ids_path: Path) -> None:
+def write_record(record_path: Path, vocab: list[str], sha256: str, ids_sha256: str, ids_path: Path) -> None:
     record = {"vocab": vocab, "corpus_sha256": sha256, "vocab_sha256": _digest(json.dumps(vocab).encode())}
     record |= {"ids_sha256": ids_sha256, "ids_stamp": digests.stamp(ids_path)}
     atomic_write_bytes(record_path, json.dumps(record).encode("utf-8"))
 
 
-def _cached(ids_path: Path, record_path: Path, sha256: str) -> Corpus | None:
+def cached(ids_path: Path, record_path: Path, sha256: str) -> Corpus | None:
     """The cached encoding if it is whole and matches its digests, else None. The ids are hashed again unless
     they are larger than HASH_WHOLE_BYTES and their size, modification time and inode are those recorded."""
     try:
@@ -124,7 +125,7 @@ def _cached(ids_path: Path, record_path: Path, sha256: str) -> Corpus | None:
             if record["ids_sha256"] != digests.sha256_file(ids_path):
                 return None
             if record.get("ids_stamp") != stamp:
-                _write_record(record_path, vocab, sha256, record["ids_sha256"], ids_path)
+                write_record(record_path, vocab, sha256, record["ids_sha256"], ids_path)
         ids = np.load(ids_path, mmap_mode="r")
         if ids.dtype != id_dtype(len(vocab)) or ids.ndim != 1:
             return None
@@ -137,25 +138,33 @@ def _digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def load_corpus(spec: str, cache_dir: str | Path | None = None, form: str = "NFC") -> Corpus:
-    """Resolve, hash, normalize and encode (or reuse the cached encoding of) a corpus."""
+def load_corpus(
+    spec: str, cache_dir: str | Path | None = None, form: str = "NFC", options: ReadOptions | None = None
+) -> Corpus:
+    """Resolve, hash, normalize and encode (or reuse the cached encoding of) a corpus: a plain text file as it
+    is, or the documents of its files (rows, compressed text) read with `options` as one stream."""
     if form not in NORMAL_FORMS:
         raise UserError(f"data.normalize must be one of {', '.join(NORMAL_FORMS)}, got {form!r}")
     digests = Digests(cache_dir)
-    path = resolve_corpus(spec, digests)
+    source = resolve_corpus(spec)
+    if not isinstance(source, Path):
+        from trainer.data.streamed import load_streamed
+
+        return load_streamed(spec, source, options or ReadOptions(), cache_dir, form, digests)
+    path = source
     sha256 = digests.sha256(path)
     digests.save()
     ids_path, record_path = cache_paths(sha256, form, cache_dir)
     try:
-        with _cache_lock(ids_path):
+        with cache_lock(ids_path):
             if ids_path.exists() or record_path.exists():
-                corpus = _cached(ids_path, record_path, sha256)
+                corpus = cached(ids_path, record_path, sha256)
                 if corpus is not None:
                     return corpus
                 damaged = f"the id cache of {path} in {ids_path.parent} is damaged; rebuilding it"
                 print(f"charlstm: {damaged}", file=sys.stderr)
             vocab, ids_sha256 = encode_file(path, ids_path, form)
-            _write_record(record_path, vocab, sha256, ids_sha256, ids_path)
+            write_record(record_path, vocab, sha256, ids_sha256, ids_path)
     except OSError as e:
         raise UserError(f"the id cache {ids_path.parent} cannot be written: {e.strerror or e}") from None
     return Corpus(np.load(ids_path, mmap_mode="r"), vocab, sha256)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from trainer.data.cache import id_chunks, load_corpus, split
+from trainer.data.formats import ReadOptions
 from trainer.data.sources import BUILTINS
 from trainer.errors import UserError
 from trainer.files import atomic_write
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainer.data", description="Encode a corpus into the id cache.")
     parser.add_argument("spec", nargs="?", help="a data.path value: a file, a folder, a glob, tinyshakespeare, "
                         f"{', '.join(BUILTINS)}")  # fmt: skip
-    parser.add_argument("--config", help="take data.path, data.normalize and data.cache_dir from this config")
+    parser.add_argument("--config", help="take data.path and the other data.* keys from this config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the config, e.g. data.path=novel.txt")
     parser.add_argument("--processes", type=int, help="with --config: check that the run fits this many processes")
     parser.add_argument(
@@ -42,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.processes is not None:
                 check_processes(cfg, args.processes)
             spec, cache_dir, form = cfg.data.path, cfg.data.cache_dir, cfg.data.normalize
-            val_fraction = cfg.data.val_fraction
+            val_fraction, options = cfg.data.val_fraction, ReadOptions.of(cfg.data)
         elif args.spec is not None and not args.overrides and args.write_val is None:
-            spec, cache_dir, form = args.spec, None, "NFC"
+            spec, cache_dir, form, options = args.spec, None, "NFC", ReadOptions()
         else:
             print("error: give a data.path value, or --config FILE [key=value ...] (with --write-val)", file=sys.stderr)
             return 2
-        corpus = load_corpus(spec, cache_dir, form)
+        corpus = load_corpus(spec, cache_dir, form, options)
         if args.write_val is not None:
             _, val_ids = split(corpus.ids, val_fraction)
             try:

@@ -90,26 +90,36 @@ def _encode_range(path: Path, start: int, end: int, form: str) -> tuple[np.ndarr
         f.seek(start)
         raw = f.read(end - start)
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(
             f"{path}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte offset {start + e.start})"
         ) from None
-    if text.isascii():  # the common case: one byte per character, which no normal form changes
+    return _encode_text(raw, form)
+
+
+def _encode_text(raw: bytes, form: str) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 text (checked) as (the code points it holds, sorted; its ids into those code points)."""
+    if raw.isascii():  # the common case: one byte per character, which no normal form changes
         cps = np.frombuffer(raw, dtype=np.uint8)
     else:
-        cps = np.frombuffer(normalize(text, form).encode("utf-32-le"), dtype=np.uint32)
+        cps = np.frombuffer(normalize(raw.decode("utf-8"), form).encode("utf-32-le"), dtype=np.uint32)
     present = np.flatnonzero(np.bincount(cps))  # this range's code points, sorted
     local = np.zeros(int(present[-1]) + 1 if len(present) else 1, dtype=id_dtype(max(1, len(present))))
     local[present] = np.arange(len(present), dtype=local.dtype)
     return present.astype(np.uint32), local[cps]
 
 
+def _encode_task(task: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(path, start, end, form): a range of a file; (text bytes, form): a piece of a streamed corpus."""
+    return _encode_range(*task) if len(task) == 4 else _encode_text(*task)
+
+
 def _in_order(tasks: list[tuple], workers: int):
     """_encode_range over tasks, results in task order: in this process, or in `workers` fresh processes with
     at most 2 x workers results waiting (bounded memory whatever the corpus size)."""
     if workers < 2:
-        yield from (_encode_range(*task) for task in tasks)
+        yield from (_encode_task(task) for task in tasks)
         return
     import multiprocessing
     from collections import deque
@@ -119,7 +129,7 @@ def _in_order(tasks: list[tuple], workers: int):
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         waiting, pending = deque(), iter(tasks)
         for task in pending:
-            waiting.append(pool.submit(_encode_range, *task))
+            waiting.append(pool.submit(_encode_task, task))
             if len(waiting) >= 2 * workers:
                 yield waiting.popleft().result()
         while waiting:
@@ -137,19 +147,32 @@ def encode_file(path: Path, out: Path, form: str = "NFC") -> tuple[list[str], st
     vocabulary and the file's sha256. One pass decodes and normalizes the text, range by range (in parallel
     for a large corpus), into ids into each range's own code points, kept in a temp file beside `out`; a second
     pass maps them to the vocabulary's ids as it writes `out`."""
-    ranges = _line_ranges(path)
+    tasks = [(path, start, end, form) for start, end in _line_ranges(path)]
+    vocab, ids_sha256 = encode_tasks(tasks, out, encode_workers(path.stat().st_size))
+    if vocab is None:
+        raise UserError(f"{path}: the file is empty")
+    return vocab, ids_sha256
+
+
+def encode_pieces(pieces, out: Path, size: int, form: str = "NFC") -> tuple[list[str] | None, str]:
+    """Streamed text (UTF-8 pieces, each cut after a newline or before an ASCII character, where no
+    normalization reaches across) encoded as `encode_file` encodes a file; `size` (bytes, about) picks the
+    number of worker processes. (None, "") for no text."""
+    return encode_tasks(((piece, form) for piece in pieces), out, encode_workers(size))
+
+
+def encode_tasks(tasks, out: Path, workers: int) -> tuple[list[str] | None, str]:
     parts = out.with_name(f".{out.name}.{os.getpid()}.parts.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     layout = []  # (code points, id dtype, count) of each range, in order
     try:
         with open(parts, "wb") as f:
-            tasks = [(path, start, end, form) for start, end in ranges]
-            for present, ids in _in_order(tasks, encode_workers(path.stat().st_size)):
+            for present, ids in _in_order(tasks, workers):
                 f.write(ids.tobytes())
                 layout.append((present, ids.dtype, len(ids)))
         total = sum(count for _, _, count in layout)
         if total == 0:
-            raise UserError(f"{path}: the file is empty")
+            return None, ""
         codepoints = np.unique(np.concatenate([present for present, _, _ in layout]))
         vocab = [chr(cp) for cp in codepoints]
         dtype = id_dtype(len(vocab))

@@ -1,10 +1,13 @@
 """Where a corpus comes from: a file, a folder or a glob (their files joined), a built-in text, or the Tiny
-Shakespeare download. Each resolves to one readable text file (`resolve_corpus`)."""
+Shakespeare download. Each resolves to one plain text file or to the list of files whose documents make it
+(`resolve_corpus`); `source_key` names such a list's text by the files' contents and the options."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
+import json
 import os
 import sys
 import sysconfig
@@ -13,8 +16,9 @@ from pathlib import Path
 
 from trainer.data import digests as file_digests  # by module: tests patch its constants
 from trainer.data.digests import Digests, user_cache_dir
+from trainer.data.formats import ReadOptions, SourceFile, is_plain, saved_dataset_files, source_file
 from trainer.errors import UserError
-from trainer.files import atomic_write, atomic_write_bytes
+from trainer.files import atomic_write_bytes
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -71,14 +75,15 @@ def build_python_docs() -> Path:
     return path
 
 
-FILE_SEPARATOR = "\n\n"  # between the files of a folder or a glob: a blank line marks where a document ends
+FILE_SEPARATOR = "\n\n"  # data.separator's default: a blank line marks where a document ends
 BUILTINS = {"builtin:python-docs": build_python_docs, "builtin:python-stdlib": build_python_stdlib}
 
 
-def resolve_corpus(spec: str, digests: Digests | None = None) -> Path:
-    """A data.path value -> one readable text file: the file itself, a built-in corpus, or for a folder (every
-    file under it, recursively, hidden ones aside) or a glob the files joined in sorted path order with
-    FILE_SEPARATOR, written once into the user cache and keyed by their contents."""
+def resolve_corpus(spec: str) -> Path | list[SourceFile]:
+    """A data.path value -> one plain text file to encode as it is (the file itself, a built-in corpus), or the
+    files whose documents make the corpus, in order: for a folder every file under it, recursively, hidden ones
+    aside, in sorted path order (a folder written by `datasets`' save_to_disk: its Arrow files); for a glob the
+    files it matches, sorted; a compressed or row-format file alone."""
     if spec == "tinyshakespeare":
         return fetch_tinyshakespeare()
     if spec in BUILTINS:
@@ -90,50 +95,49 @@ def resolve_corpus(spec: str, digests: Digests | None = None) -> Path:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise UserError(f"data.path: the glob {spec!r} matches no file")
-        return join_files(files, spec, digests or Digests())
+        return [_readable(source_file(file)) for file in files]
     if not path.exists():
         raise UserError(f"data.path: {spec!r} does not exist")
     if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        files = _folder_files(path)
         if not files:
             raise UserError(f"data.path: the folder {spec!r} has no files")
-        return join_files(files, spec, digests or Digests())
+        return files
     if not path.is_file():
         raise UserError(f"data.path: {spec!r} is not a file")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"data.path: {spec!r} is not readable")
-    return path
+    file = _readable(source_file(path))
+    return path if is_plain(file) else [file]
 
 
-def join_files(files: list[Path], spec: str, digests: Digests) -> Path:
-    """The files' texts joined with FILE_SEPARATOR, cached by a digest of their contents (and order)."""
-    digest = hashlib.sha256()
+def _folder_files(folder: Path) -> list[SourceFile]:
+    """The files under `folder` in sorted path order, hidden ones aside; a saved dataset inside is its Arrow
+    files in its own order, its metadata (state.json, dataset_info.json) left out."""
+    saved = saved_dataset_files(folder)
+    if saved is not None:
+        return [_readable(SourceFile(file, "arrow", None)) for file in saved]
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files += _folder_files(entry)
+        elif entry.is_file():
+            files.append(_readable(source_file(entry)))
+    return files
+
+
+def _readable(file: SourceFile) -> SourceFile:
+    if not os.access(file.path, os.R_OK):
+        raise UserError(f"data.path: {str(file.path)!r} is not readable")
+    return file
+
+
+def source_key(files: list[SourceFile], options: ReadOptions, digests: Digests) -> str:
+    """A digest of the files' contents and order, their formats and the options that read them: the same key,
+    the same text."""
+    key = hashlib.sha256(json.dumps(["charlstm-sources/1", dataclasses.astuple(options)]).encode())
     # many small files make a large corpus: remember their digests
-    remember = sum(file.stat().st_size for file in files) > file_digests.HASH_WHOLE_BYTES
+    remember = sum(file.path.stat().st_size for file in files) > file_digests.HASH_WHOLE_BYTES
     for file in files:
-        digest.update(digests.sha256(file, remember).encode())
-    joined = user_cache_dir() / "joined" / f"{digest.hexdigest()[:32]}.txt"
-    if joined.is_file():
-        return joined
-    with atomic_write(joined) as out:
-        for i, file in enumerate(files):
-            payload = file.read_bytes()
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(
-                    f"data.path {spec!r}: {file} is not UTF-8 text (invalid byte 0x{payload[e.start]:02x} at byte "
-                    f"offset {e.start})"
-                ) from None
-            out.write((FILE_SEPARATOR.encode() if i else b"") + payload)
-    if joined.stat().st_size == len(FILE_SEPARATOR) * (len(files) - 1):
-        joined.unlink()
-        raise UserError(f"data.path {spec!r}: its files hold no text")
-    return joined
-
-
-# ---------------------------------------------------------------- encoding
+        key.update(json.dumps([file.form, file.compression, digests.sha256(file.path, remember)]).encode())
+    return key.hexdigest()

@@ -45,7 +45,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.launch.exit_status import DONE_DIR, USER_ERROR_FILE
+from trainer.launch.exit_status import DATA_NOTED, DONE_DIR, USER_ERROR_FILE
 from trainer.launch.plan import LaunchError, Plan, plan
 from trainer.launch.supervise import DEFAULT_STOP_GRACE, run_supervised
 
@@ -107,6 +107,8 @@ def run_with_restarts(chosen: Plan, grace: float) -> int:
     with tempfile.TemporaryDirectory(prefix="charlstm-launch-") as folder:
         done = Path(folder) / "done"
         env = {**chosen.env, USER_ERROR_FILE: str(Path(folder) / "user_error"), DONE_DIR: str(done)}
+        if chosen.pre_encode:
+            env[DATA_NOTED] = "1"  # what the corpus' encode left out is said once per machine: it said it
         for attempt in range(chosen.restarts + 1):
             shutil.rmtree(done, ignore_errors=True)
             done.mkdir()

@@ -20,6 +20,7 @@ import sys
 
 USER_ERROR_FILE = "CHARLSTM_USER_ERROR_FILE"  # where a worker writes a user's or training error's line
 DONE_DIR = "CHARLSTM_DONE_DIR"  # where each worker marks that its training ended (done, or stopped and saved)
+DATA_NOTED = "CHARLSTM_DATA_NOTED"  # the machine's encode step has said what its corpus left out
 
 
 def mark_done() -> None:
