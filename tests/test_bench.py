@@ -12,7 +12,8 @@ from helpers import ROOT
 
 
 @pytest.mark.parametrize(
-    "program", ["serve_speed.py", "sample_speed.py", "train_speed.py", "prompt_speed.py", "tick_speed.py"]
+    "program",
+    ["serve_speed.py", "sample_speed.py", "train_speed.py", "prompt_speed.py", "tick_speed.py", "reader_speed.py"],
 )
 def test_a_benchmark_without_its_text_says_how_to_give_it_one(program, tmp_path):
     env = {**os.environ, "CHARLSTM_BENCH_CORPUS": str(tmp_path / "missing.txt")}

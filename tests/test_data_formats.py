@@ -237,17 +237,17 @@ def test_training_on_bad_rows_stops_before_any_step_with_one_line(tmp_path):
     assert result.stderr.count("left out 1 bad row (1 in a.jsonl; the first: a.jsonl line 21 is not JSON)") == 1
 
 
-def test_what_was_left_out_is_said_once_per_machine(tmp_path, capsys, monkeypatch):
-    """On the first process of each machine, and not again in the workers when the launcher's encode step on
+def test_what_was_left_out_is_said_once_per_machine(tmp_path, capsys):
+    """On the first process of each machine, and not again in its workers once the launcher's encode step on
     that machine has said it."""
+    from trainer.resume import says_data_notes
+
+    assert says_data_notes({}) and says_data_notes({"LOCAL_RANK": "0"})
+    assert not says_data_notes({"LOCAL_RANK": "1"})
+    assert not says_data_notes({"LOCAL_RANK": "0", "CHARLSTM_DATA_NOTED": "1"})
     (tmp_path / "a.jsonl").write_bytes(b'{"text": "uno"}\n{"text": null}\n')
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    load_corpus(str(tmp_path / "a.jsonl"))
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("CHARLSTM_DATA_NOTED", "1")
-    load_corpus(str(tmp_path / "a.jsonl"))
+    load_corpus(str(tmp_path / "a.jsonl"), notes=False)
     assert capsys.readouterr().err == ""
-    monkeypatch.delenv("CHARLSTM_DATA_NOTED")
     load_corpus(str(tmp_path / "a.jsonl"))
     assert capsys.readouterr().err == "charlstm: data: left out 1 row with no text (null or empty)\n"
 

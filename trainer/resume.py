@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +26,7 @@ from trainer.config import Config
 from trainer.data import Corpus, ReadOptions, load_corpus
 from trainer.dist.group import all_or_none, attempt, broadcast_from_main, gather_objects, node_name, raise_first
 from trainer.errors import UserError
+from trainer.launch.exit_status import DATA_NOTED
 
 
 class TextIdentity(NamedTuple):
@@ -38,7 +41,15 @@ class TextIdentity(NamedTuple):
 def load_here(cfg: Config) -> tuple[Corpus | None, str | None]:
     """This process's corpus from its own disk (encoded and cached once per machine), or why not. Called before
     the process group exists, so that no collective waits for a long first encode."""
-    return attempt(lambda: load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.normalize, ReadOptions.of(cfg.data)))
+    data = cfg.data
+    notes = says_data_notes(os.environ)
+    return attempt(lambda: load_corpus(data.path, data.cache_dir, data.normalize, ReadOptions.of(data), notes))
+
+
+def says_data_notes(environ: Mapping[str, str]) -> bool:
+    """Whether this process says what the corpus' reading left out: the first process of each machine, unless
+    the launcher's encode step on the machine has said it already."""
+    return environ.get("LOCAL_RANK", "0") == "0" and not environ.get(DATA_NOTED)
 
 
 def same_text_everywhere(loaded: tuple[Corpus | None, str | None], cfg: Config, accelerator) -> Corpus:

@@ -139,10 +139,15 @@ def _digest(payload: bytes) -> str:
 
 
 def load_corpus(
-    spec: str, cache_dir: str | Path | None = None, form: str = "NFC", options: ReadOptions | None = None
+    spec: str,
+    cache_dir: str | Path | None = None,
+    form: str = "NFC",
+    options: ReadOptions | None = None,
+    notes: bool = True,
 ) -> Corpus:
     """Resolve, hash, normalize and encode (or reuse the cached encoding of) a corpus: a plain text file as it
-    is, or the documents of its files (rows, compressed text) read with `options` as one stream."""
+    is, or the documents of its files (rows, compressed text) read with `options` as one stream; with `notes`,
+    what the reading left out (rows with no text, skipped bad rows) is said in one line on stderr."""
     if form not in NORMAL_FORMS:
         raise UserError(f"data.normalize must be one of {', '.join(NORMAL_FORMS)}, got {form!r}")
     digests = Digests(cache_dir)
@@ -150,7 +155,7 @@ def load_corpus(
     if not isinstance(source, Path):
         from trainer.data.streamed import load_streamed
 
-        return load_streamed(spec, source, options or ReadOptions(), cache_dir, form, digests)
+        return load_streamed(spec, source, options or ReadOptions(), cache_dir, form, digests, notes)
     path = source
     sha256 = digests.sha256(path)
     digests.save()

@@ -52,8 +52,8 @@ class Joined:
                         buffer += separator
                     started = written = True
                     buffer += batch.text
-                elif batch.rows:
-                    encoded = self._encoded(file, batch)
+                elif batch.rows or batch.joined:
+                    encoded = batch.joined or self._encoded(file, batch)
                     if encoded:
                         buffer += (separator if written else b"") + encoded
                         written = True
@@ -80,12 +80,12 @@ class Joined:
 
 
 def _cut(buffer: bytearray) -> int:
-    """Where to cut a full buffer: after its last newline; in a line longer than MAX_PIECE_BYTES, before its
-    last ASCII character; 0: not yet."""
-    cut = buffer.rfind(b"\n") + 1
+    """Where to cut a full buffer: after its last newline within PIECE_BYTES (pieces stay that small, whatever
+    a batch adds); in a line longer than MAX_PIECE_BYTES, before its last ASCII character; 0: not yet."""
+    cut = buffer.rfind(b"\n", 0, PIECE_BYTES) + 1 or buffer.rfind(b"\n") + 1
     if cut or len(buffer) < MAX_PIECE_BYTES:
         return cut
-    for i in range(len(buffer) - 1, 0, -1):
+    for i in range(min(len(buffer), MAX_PIECE_BYTES) - 1, 0, -1):
         if buffer[i] < 0x80:
             return i
     return 0

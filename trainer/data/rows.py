@@ -20,17 +20,19 @@ from trainer.data.formats import DAMAGED, ReadOptions, SourceFile, damaged, open
 from trainer.errors import UserError
 
 BLOCK_BYTES = 4 << 20  # read from a file at a time
-ROWS_PER_BATCH = 8192  # Parquet and Arrow rows converted to Python strings at a time
+ROWS_PER_BATCH = 2048  # Parquet and Arrow rows read and joined at a time
 MAX_LINE_BYTES = 64 << 20  # a text "line" this long is cut at a character boundary (bounded memory)
 
 
 @dataclass
 class Batch:
-    """Documents (`rows`, each a whole document, with `where` naming each for a message) or a piece of the
-    current text file's one document (`text`, UTF-8 checked)."""
+    """Documents (`rows`, each a whole document, with `where` naming each for a message; or `joined`, non-empty
+    documents already joined by the separator, as UTF-8), or a piece of the current text file's one document
+    (`text`, UTF-8 checked)."""
 
     rows: list[str] = field(default_factory=list)
     where: list[str] | None = None
+    joined: bytes = b""
     text: bytes = b""
 
 
@@ -221,7 +223,7 @@ def read_columnar(file: SourceFile, options: ReadOptions, tally: Tally) -> Itera
                         or pa.types.is_large_binary(kind) or pa.types.is_string_view(kind)):  # fmt: skip
                     raise UserError(f"{file.path}: the column {options.text_field!r} holds {kind}, not text")
                 for batch in batches(options.text_field):
-                    yield _column_batch(file, batch.column(0), row, group, tally)
+                    yield _column_batch(file, batch.column(0), row, group, tally, options.separator)
                     row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"{file.path} is not a {file.form} file that can be read ({e})") from None
@@ -254,22 +256,34 @@ def _arrow_groups(pa, path):
     yield None, reader.schema, column
 
 
-def _column_batch(file: SourceFile, column, first_row: int, group: int | None, tally: Tally) -> Batch:
-    """One Arrow column chunk -> a Batch of its non-empty texts (bytes decoded as UTF-8, row by row)."""
-    try:
-        values = column.to_pylist()
-    except UnicodeDecodeError:  # a string column that holds bytes that are not UTF-8: find them row by row
-        import pyarrow
+def _column_batch(file: SourceFile, column, first_row: int, group: int | None, tally: Tally, separator: str):
+    """One Arrow column chunk -> a Batch of its non-empty texts already joined by the separator, in Arrow's
+    kernels (no Python string per row); a binary column that is not all UTF-8 is read row by row to name the
+    row that is not."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-        values = column.cast(pyarrow.binary()).to_pylist()
+    if column.type != pa.string():
+        try:
+            column = column.cast(pa.string())  # checks that binary values are UTF-8
+        except pa.ArrowInvalid:
+            return _rows_one_by_one(file, column, first_row, group, tally)
+    kept = pc.filter(column, pc.greater(pc.binary_length(column), 0))  # nulls and empty strings out
+    tally.no_text += len(column) - len(kept)
+    if not len(kept):
+        return Batch()
+    one_list = pa.ListArray.from_arrays(pa.array([0, len(kept)], pa.int32()), kept)
+    return Batch(joined=pc.binary_join(one_list, separator)[0].as_buffer().to_pybytes())
+
+
+def _rows_one_by_one(file: SourceFile, column, first_row: int, group: int | None, tally: Tally) -> Batch:
     texts, where = [], []
-    for i, value in enumerate(values):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                tally.bad(file, _row_name(first_row + i, group), "is not UTF-8")
-                continue
+    for i, value in enumerate(column.to_pylist()):
+        try:
+            value = value.decode("utf-8") if value is not None else None
+        except UnicodeDecodeError:
+            tally.bad(file, _row_name(first_row + i, group), "is not UTF-8")
+            continue
         if value:
             texts.append(value)
             where.append(_row_name(first_row + i, group))

@@ -3,8 +3,8 @@ text on disk or in memory, only the ids.
 
 The text's sha256 is known only once it has been read: a small record (sources/KEY.json in the cache) maps
 the files' `source_key` to it, and to what was left out, so that a second launch costs the files' digests
-(a stat each for large files), not a read. What was left out is said in one line at every load, on the first
-process of each machine.
+(a stat each for large files), not a read. What was left out is said in one line at every load (the trainer
+asks for it on the first process of each machine only).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from trainer.data.rows import Tally
 from trainer.data.sources import source_key
 from trainer.errors import UserError
 from trainer.files import atomic_write_bytes
-from trainer.launch.exit_status import DATA_NOTED  # set by the launcher once `python -m trainer.data` said it
 
 
-
-def load_streamed(spec: str, files: list[SourceFile], options: ReadOptions, cache_dir, form: str, digests: Digests):
-    """The Corpus of `files` read with `options`, from the id cache when its text was encoded before."""
+def load_streamed(
+    spec: str, files: list[SourceFile], options: ReadOptions, cache_dir, form: str, digests: Digests, notes: bool
+) -> Corpus:
+    """The Corpus of `files` read with `options`, from the id cache when its text was encoded before; with
+    `notes`, what was left out is said in one line on stderr."""
     key = source_key(files, options, digests)
     digests.save()
     record_path = cache_root(cache_dir) / "sources" / f"{key[:32]}.json"
@@ -42,12 +43,13 @@ def load_streamed(spec: str, files: list[SourceFile], options: ReadOptions, cach
                 with cache_lock(ids_path):
                     corpus = cached(ids_path, ids_record, record["sha256"])
                 if corpus is not None:
-                    _say(record.get("note"))
+                    _say(record.get("note") if notes else None)
                     return corpus
             tally = Tally(options.bad_rows)
             joined = Joined(files, options, tally)
             staging = record_path.with_name(f"{key[:32]}.{form.lower()}.ids.npy")
-            size = sum(file.path.stat().st_size for file in files)
+            # the text's size, about (a compressed text is several times its file): how many processes encode it
+            size = sum(file.path.stat().st_size * (4 if file.compression else 1) for file in files)
             vocab, ids_sha256 = encode_pieces(joined, staging, size, form)
             if vocab is None:
                 left = tally.note()
@@ -59,7 +61,7 @@ def load_streamed(spec: str, files: list[SourceFile], options: ReadOptions, cach
             atomic_write_bytes(record_path, json.dumps({"sha256": joined.sha256, "note": tally.note()}).encode())
     except OSError as e:
         raise UserError(f"the id cache {record_path.parent.parent} cannot be written: {e.strerror or e}") from None
-    _say(tally.note())
+    _say(tally.note() if notes else None)
     return Corpus(np.load(ids_path, mmap_mode="r"), vocab, joined.sha256)
 
 
@@ -72,6 +74,5 @@ def _read(record_path: Path) -> dict | None:
 
 
 def _say(note: str | None) -> None:
-    """The note, once per machine: on its first process, unless the launcher's encode step said it already."""
-    if note and os.environ.get("LOCAL_RANK", "0") == "0" and not os.environ.get(DATA_NOTED):
+    if note:
         print(f"charlstm: data: {note}", file=sys.stderr)
