@@ -137,7 +137,7 @@ def reference_text(ckpt: dict, model: CharLSTM, eval_text: str | None, min_chars
     if at_hand:
         try:
             data = ckpt["config"]["data"]
-            corpus = load_corpus(spec, data.get("cache_dir"), normal_form(ckpt), ReadOptions.of(data))
+            corpus = load_corpus(spec, data.get("cache_dir"), normal_form(ckpt), ReadOptions.of(data), notes=False)
             if corpus.sha256 == ckpt.get("corpus_sha256") and corpus.vocab == ckpt["vocab"]:
                 _, val = split(corpus.ids, ckpt["config"]["data"].get("val_fraction", 0.1))
                 if len(val) >= min_chars:  # the checks read at most the first 100k characters of it

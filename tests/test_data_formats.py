@@ -111,7 +111,9 @@ def test_shards_in_file_order_and_row_order_joined_by_the_separator(tmp_path, ca
 
 
 def test_text_field_names_the_field_or_column(tmp_path):
-    (tmp_path / "a.jsonl").write_bytes(json_lines([{"text": "no", "body": "sí"}, {"body": "también"}]))
+    """data.text_field picks the field and the column; a byte order mark before the first line is passed over."""
+    rows = json_lines([{"text": "no", "body": "sí"}, {"body": "también"}])
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + rows)
     (tmp_path / "b.csv").write_bytes(delimited([["body", "text"], ["tercero", "no"]]))
     corpus = load_corpus(str(tmp_path / "[ab].*"), options=ReadOptions(text_field="body"))
     assert corpus.decode(corpus.ids) == "sí\n\ntambién\n\ntercero"
@@ -146,9 +148,7 @@ def test_a_changed_row_changes_the_digest_and_a_second_load_reads_nothing(tmp_pa
     path = tmp_path / "rows.jsonl"
     path.write_bytes(json_lines([{"text": "uno"}, {"text": "dos"}]))
     first = load_corpus(str(path))
-    import trainer.data.rows as rows
-
-    monkeypatch.setitem(rows.READERS, "jsonl", None)  # a second load reads the record, not the rows
+    monkeypatch.setitem(join_module.READERS, "jsonl", None)  # a second load reads the record, not the rows
     assert load_corpus(str(path)).sha256 == first.sha256
     monkeypatch.undo()
     path.write_bytes(json_lines([{"text": "uno"}, {"text": "dós"}]))
@@ -159,8 +159,8 @@ def test_a_changed_row_changes_the_digest_and_a_second_load_reads_nothing(tmp_pa
 BAD = [
     ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": "broken\n', r"a\.jsonl: line 2 is not JSON"),
     ("a.jsonl", lambda: b'{"text": "ok"}\n\n{"body": "x"}\n', r"a\.jsonl: line 3 has no field 'text'"),
-    ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": 12}\n', r"a\.jsonl: line 2 has a int in 'text', not a string"),
-    ("a.jsonl", lambda: b'{"text": "ok"}\n["text"]\n', r"a\.jsonl: line 2 is a JSON list, not an object"),
+    ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": 12}\n', r"a\.jsonl: line 2 holds a number in 'text', not a string"),
+    ("a.jsonl", lambda: b'{"text": "ok"}\n["text"]\n', r"a\.jsonl: line 2 is a list, not an object"),
     ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"a\.jsonl: line 2 is not UTF-8"),
     ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": "\\ud800"}\n', r"a\.jsonl: line 2 holds a lone surrogate"),
     ("a.json", lambda: b'[{"text": "ok"}]\n', r"a\.json holds a JSON array; JSON Lines .*jq -c"),

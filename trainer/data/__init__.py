@@ -2,7 +2,8 @@
 
 - sources.py: where a text comes from (a file, a folder, a glob, the built-ins, the Tiny Shakespeare download);
 - formats.py: what a file holds by its name (text, JSON Lines, CSV/TSV, Parquet, Arrow; compressed), `ReadOptions`;
-- rows.py: a file -> its documents in bounded batches, bad rows said or counted (`Tally`);
+- rows.py: a file -> its documents in bounded batches, bad rows said or counted (`Tally`); columns.py: the
+  same for Parquet and Arrow;
 - join.py: the documents of all files as one text in pieces, its sha256 on the way;
 - streamed.py: such a corpus encoded as one stream into the id cache (`load_streamed`);
 - digests.py: the sha256 of files and the index that spares hashing a large one again;

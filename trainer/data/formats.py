@@ -62,6 +62,13 @@ def is_plain(file: SourceFile) -> bool:
 
 def open_decompressed(file: SourceFile) -> BinaryIO:
     """The file's bytes as a binary stream, decompressed as its name says."""
+    try:
+        return _open(file)
+    except OSError as e:
+        raise UserError(f"{file.path} cannot be read: {e.strerror or e}") from None
+
+
+def _open(file: SourceFile) -> BinaryIO:
     if file.compression is None:
         return open(file.path, "rb")
     if file.compression == ".gz":

@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
+from trainer.data.columns import read_columnar
 from trainer.data.formats import ReadOptions, SourceFile
-from trainer.data.rows import READERS, Batch, Tally
+from trainer.data.rows import Batch, Tally, read_delimited, read_json_lines, read_text
 
+READERS = {"text": read_text, "jsonl": read_json_lines, "csv": read_delimited, "tsv": read_delimited,
+           "parquet": read_columnar, "arrow": read_columnar}  # fmt: skip
 PIECE_BYTES = 4 << 20  # text handed to an encoding worker at a time
 MAX_PIECE_BYTES = 64 << 20  # a piece without a newline is cut before an ASCII character past this
 
@@ -58,8 +61,10 @@ class Joined:
                         buffer += (separator if written else b"") + encoded
                         written = True
                 while len(buffer) >= PIECE_BYTES and (cut := _cut(buffer)):
-                    yield bytes(buffer[:cut])
+                    with memoryview(buffer) as view:
+                        piece = bytes(view[:cut])  # one copy
                     del buffer[:cut]
+                    yield piece
 
     def _encoded(self, file: SourceFile, batch: Batch) -> bytes:
         """The batch's documents joined, as UTF-8; a document that cannot be (a lone surrogate from a JSON

@@ -1,5 +1,5 @@
-"""Corpus files -> their documents, read in bounded batches: plain text (one document a file), JSON Lines,
-CSV/TSV, Parquet and Arrow (each row a document, its text in `ReadOptions.text_field`).
+"""Corpus files -> their documents, read in bounded batches: plain text (one document a file), JSON Lines and
+CSV/TSV (each row a document, its text in `ReadOptions.text_field`); Parquet and Arrow in columns.py.
 
 Every reader yields `Batch`es. A row with no text (null or empty) is left out and counted; a bad row (not
 JSON, no such field, not a string, a ragged CSV row, not UTF-8) goes to the `Tally`, which raises the one line
@@ -8,10 +8,9 @@ naming the file and the line or row, or counts it when `data.bad_rows=skip`.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from trainer.data.formats import DAMAGED, ReadOptions, SourceFile, damaged, open
 from trainer.errors import UserError
 
 BLOCK_BYTES = 4 << 20  # read from a file at a time
-ROWS_PER_BATCH = 2048  # Parquet and Arrow rows read and joined at a time
 MAX_LINE_BYTES = 64 << 20  # a text "line" this long is cut at a character boundary (bounded memory)
 
 
@@ -70,7 +68,7 @@ def _rows(count: int, noun: str) -> str:
 
 def read_text(file: SourceFile, options: ReadOptions, tally: Tally) -> Iterator[Batch]:
     """A text file (decompressed) in pieces cut after a newline, each checked to be UTF-8."""
-    consumed, lines, rest = 0, 0, b""
+    consumed, rest = 0, b""
     with open_decompressed(file) as stream:
         while True:
             try:
@@ -88,16 +86,26 @@ def read_text(file: SourceFile, options: ReadOptions, tally: Tally) -> Iterator[
             try:
                 piece.decode("utf-8")
             except UnicodeDecodeError as e:
-                line = lines + piece.count(b"\n", 0, e.start) + 1
+                offset = consumed + e.start
                 raise UserError(
-                    f"{file.path} is not UTF-8 text (invalid byte 0x{piece[e.start]:02x} at byte offset "
-                    f"{consumed + e.start}, line {line})"
+                    f"{file.path} is not UTF-8 text (invalid byte 0x{piece[e.start]:02x} at byte offset {offset}, "
+                    f"line {_line_at(file, offset)})"
                 ) from None
-            consumed, lines = consumed + len(piece), lines + piece.count(b"\n")
+            consumed += len(piece)
             if piece:
                 yield Batch(text=piece)
             if not block:
                 return
+
+
+def _line_at(file: SourceFile, offset: int) -> int:
+    """The line (from 1) of the decompressed byte at `offset`: counted again only for the message."""
+    lines, read = 1, 0
+    with open_decompressed(file) as stream:
+        while read < offset:
+            block = stream.read(min(BLOCK_BYTES, offset - read))
+            lines, read = lines + block.count(b"\n"), read + len(block)
+    return lines
 
 
 def read_json_lines(file: SourceFile, options: ReadOptions, tally: Tally) -> Iterator[Batch]:
@@ -111,20 +119,21 @@ def read_json_lines(file: SourceFile, options: ReadOptions, tally: Tally) -> Ite
                 raise damaged(file, e) from None
             lines = (rest + block).split(b"\n")
             rest = lines.pop() if block else b""
+            if number == 0 and lines and lines[0].startswith(codecs.BOM_UTF8):  # as Windows tools write it
+                lines[0] = lines[0][len(codecs.BOM_UTF8) :]
             batch = Batch(where=[])
             for line in lines:
                 number += 1
                 try:
                     text = json.loads(line)[name]
                 except Exception:  # noqa: BLE001 (every failure is classified, one line each, below)
-                    text = _json_problem(file, line, number, name, tally)
-                    if text is None:
-                        continue
+                    _json_problem(file, line, number, name, tally)
+                    continue
                 if type(text) is not str:
                     if text is None:
                         tally.no_text += 1
                     else:
-                        tally.bad(file, f"line {number}", f"has a {type(text).__name__} in {name!r}, not a string")
+                        tally.bad(file, f"line {number}", f"holds {_json_kind(text)} in {name!r}, not a string")
                     continue
                 if text:
                     batch.rows.append(text)
@@ -137,8 +146,13 @@ def read_json_lines(file: SourceFile, options: ReadOptions, tally: Tally) -> Ite
                 return
 
 
-def _json_problem(file: SourceFile, line: bytes, number: int, name: str, tally: Tally):
-    """Why a JSON Lines line gave no text (a blank line: nothing); the text when the line is fine after all."""
+def _json_kind(value: object) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), "null")
+
+
+def _json_problem(file: SourceFile, line: bytes, number: int, name: str, tally: Tally) -> None:
+    """Why a JSON Lines line gave no text, to the tally (a blank line: nothing to say)."""
     if not line.strip():
         return None
     if number == 1 and line.lstrip().startswith(b"["):
@@ -155,7 +169,7 @@ def _json_problem(file: SourceFile, line: bytes, number: int, name: str, tally: 
     except ValueError:
         return tally.bad(file, f"line {number}", "is not JSON")
     if not isinstance(row, dict):
-        return tally.bad(file, f"line {number}", f"is a JSON {type(row).__name__}, not an object")
+        return tally.bad(file, f"line {number}", f"is {_json_kind(row)}, not an object")
     return tally.bad(file, f"line {number}", f"has no field {name!r}")
 
 
@@ -203,123 +217,3 @@ def read_delimited(file: SourceFile, options: ReadOptions, tally: Tally) -> Iter
             raise UserError(f"{file.path} is not {file.form.upper()} that can be read: {e}") from None
         except DAMAGED as e:
             raise damaged(file, e) from None
-
-
-def read_columnar(file: SourceFile, options: ReadOptions, tally: Tally) -> Iterator[Batch]:
-    """Parquet (row group by row group) or Arrow IPC (`datasets`' files): the column `text_field`."""
-    pa = require_pyarrow(file)
-    with _seekable(file) as path:
-        try:
-            groups = _parquet_groups(pa, path) if file.form == "parquet" else _arrow_groups(pa, path)
-            row = 0
-            for group, schema, batches in groups:
-                if options.text_field not in schema.names:
-                    raise UserError(
-                        f"{file.path} has no column {options.text_field!r} (data.text_field; its columns: "
-                        f"{', '.join(schema.names)})"
-                    )
-                kind = schema.field(options.text_field).type
-                if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-                        or pa.types.is_large_binary(kind) or pa.types.is_string_view(kind)):  # fmt: skip
-                    raise UserError(f"{file.path}: the column {options.text_field!r} holds {kind}, not text")
-                for batch in batches(options.text_field):
-                    yield _column_batch(file, batch.column(0), row, group, tally, options.separator)
-                    row += batch.num_rows
-        except (pa.ArrowException, OSError) as e:
-            raise UserError(f"{file.path} is not a {file.form} file that can be read ({e})") from None
-
-
-def _parquet_groups(pa, path):
-    from pyarrow import parquet
-
-    # buffered, not pre-buffered: a row group's column is read page by page (bounded memory)
-    reader = parquet.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-    schema = reader.schema_arrow
-    for group in range(reader.num_row_groups):
-        yield group, schema, lambda name, g=group: reader.iter_batches(ROWS_PER_BATCH, row_groups=[g], columns=[name])
-
-
-def _arrow_groups(pa, path):
-    source = pa.memory_map(str(path))
-    try:
-        reader = pa.ipc.open_stream(source)
-        batches = iter(reader)
-    except pa.ArrowInvalid:
-        file_reader = pa.ipc.open_file(source)
-        reader, batches = file_reader, (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
-
-    def column(name):
-        for batch in batches:
-            for start in range(0, batch.num_rows, ROWS_PER_BATCH):
-                yield batch.slice(start, ROWS_PER_BATCH).select([name])
-
-    yield None, reader.schema, column
-
-
-def _column_batch(file: SourceFile, column, first_row: int, group: int | None, tally: Tally, separator: str):
-    """One Arrow column chunk -> a Batch of its non-empty texts already joined by the separator, in Arrow's
-    kernels (no Python string per row); a binary column that is not all UTF-8 is read row by row to name the
-    row that is not."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if column.type != pa.string():
-        try:
-            column = column.cast(pa.string())  # checks that binary values are UTF-8
-        except pa.ArrowInvalid:
-            return _rows_one_by_one(file, column, first_row, group, tally)
-    kept = pc.filter(column, pc.greater(pc.binary_length(column), 0))  # nulls and empty strings out
-    tally.no_text += len(column) - len(kept)
-    if not len(kept):
-        return Batch()
-    one_list = pa.ListArray.from_arrays(pa.array([0, len(kept)], pa.int32()), kept)
-    return Batch(joined=pc.binary_join(one_list, separator)[0].as_buffer().to_pybytes())
-
-
-def _rows_one_by_one(file: SourceFile, column, first_row: int, group: int | None, tally: Tally) -> Batch:
-    texts, where = [], []
-    for i, value in enumerate(column.to_pylist()):
-        try:
-            value = value.decode("utf-8") if value is not None else None
-        except UnicodeDecodeError:
-            tally.bad(file, _row_name(first_row + i, group), "is not UTF-8")
-            continue
-        if value:
-            texts.append(value)
-            where.append(_row_name(first_row + i, group))
-        else:
-            tally.no_text += 1
-    return Batch(rows=texts, where=where)
-
-
-def _row_name(row: int, group: int | None) -> str:
-    return f"row {row} (counted from 0" + (f", in row group {group})" if group is not None else ")")
-
-
-class _seekable:
-    """The file's path, or for a compressed Parquet or Arrow file (which must be read at random) a temporary
-    decompressed copy, removed afterwards."""
-
-    def __init__(self, file: SourceFile) -> None:
-        self.file, self.temp = file, None
-
-    def __enter__(self):
-        if self.file.compression is None:
-            return self.file.path
-        self.temp = tempfile.NamedTemporaryFile(prefix="charlstm-", suffix=f".{self.file.form}")  # noqa: SIM115
-        with open_decompressed(self.file) as stream:
-            try:
-                shutil.copyfileobj(stream, self.temp, BLOCK_BYTES)
-            except DAMAGED as e:
-                self.temp.close()
-                raise damaged(self.file, e) from None
-        self.temp.flush()
-        return self.temp.name
-
-    def __exit__(self, *exc) -> None:
-        if self.temp is not None:
-            self.temp.close()
-
-
-READERS = {"text": read_text, "jsonl": read_json_lines, "csv": read_delimited, "tsv": read_delimited,
-           "parquet": read_columnar, "arrow": read_columnar}  # fmt: skip
