@@ -164,25 +164,45 @@ BAD = [
     ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"a\.jsonl: line 2 is not UTF-8"),
     ("a.jsonl", lambda: b'{"text": "ok"}\n{"text": "\\ud800"}\n', r"a\.jsonl: line 2 holds a lone surrogate"),
     ("a.json", lambda: b'[{"text": "ok"}]\n', r"a\.json holds a JSON array; JSON Lines .*jq -c"),
-    ("a.csv", lambda: b"id,text\n1,ok\n2,bad,row\n",
-     r"a\.csv: row 3 \(the header is row 1\) has 3 fields, the header 2"),
+    (
+        "a.csv",
+        lambda: b"id,text\n1,ok\n2,bad,row\n",
+        r"a\.csv: row 3 \(the header is row 1\) has 3 fields, the header 2",
+    ),
     ("a.csv", lambda: b"id,body\n1,ok\n", r"a\.csv has no column 'text' \(data\.text_field\)"),
     ("a.csv", lambda: b'id,text\n1,"two\nlines"\n2,caf\xe9\n', r"a\.csv: row 3 \(the header is row 1\) is not UTF-8"),
     ("a.parquet", lambda: parquet(pa.table({"body": ["x"]})), r"a\.parquet has no column 'text' .*its columns: body"),
     ("a.parquet", lambda: parquet(pa.table({"text": [1, 2]})), r"a\.parquet: the column 'text' holds int64, not text"),
-    ("a.parquet", lambda: parquet(pa.table({"text": pa.array([b"ok", b"ok", b"caf\xe9"], pa.binary())}),
-                                  row_group_size=2),  # fmt: skip
-     r"a\.parquet: row 2 \(counted from 0, in row group 1\) is not UTF-8"),
+    (
+        "a.parquet",
+        lambda: parquet(
+            pa.table({"text": pa.array([b"ok", b"ok", b"caf\xe9"], pa.binary())}), row_group_size=2
+        ),  # fmt: skip
+        r"a\.parquet: row 2 \(counted from 0, in row group 1\) is not UTF-8",
+    ),
     ("a.parquet", lambda: b"PAR1 this is not parquet", r"a\.parquet is not a parquet file that can be read"),
     ("a.txt.gz", lambda: gzip.compress(b"text " * 10_000)[:-40], r"a\.txt\.gz: the \.gz data is truncated or damaged"),
-    ("a.txt.zst", lambda: zstandard.ZstdCompressor().compress(bytes(range(256)).hex().encode() * 50)[:-40],
-     r"a\.txt\.zst: the \.zst data is truncated or damaged"),
-    ("a.txt.zst", lambda: b"\x28\xb5\x2f\xfd" + bytes(range(64)),
-     r"a\.txt\.zst: the \.zst data is truncated or damaged"),
-    ("a.jsonl.gz", lambda: gzip.compress(json_lines([{"text": "t" * 50}] * 2000))[:-40],
-     r"a\.jsonl\.gz: the \.gz data is truncated or damaged"),
-    ("a.txt.bz2", lambda: bz2.compress("línea\n".encode() + b"caf\xe9\n"), r"a\.txt\.bz2 is not UTF-8 text \(invalid "
-     r"byte 0xe9 at byte offset 10, line 2\)"),
+    (
+        "a.txt.zst",
+        lambda: zstandard.ZstdCompressor().compress(bytes(range(256)).hex().encode() * 50)[:-40],
+        r"a\.txt\.zst: the \.zst data is truncated or damaged",
+    ),
+    (
+        "a.txt.zst",
+        lambda: b"\x28\xb5\x2f\xfd" + bytes(range(64)),
+        r"a\.txt\.zst: the \.zst data is truncated or damaged",
+    ),
+    (
+        "a.jsonl.gz",
+        lambda: gzip.compress(json_lines([{"text": "t" * 50}] * 2000))[:-40],
+        r"a\.jsonl\.gz: the \.gz data is truncated or damaged",
+    ),
+    (
+        "a.txt.bz2",
+        lambda: bz2.compress("línea\n".encode() + b"caf\xe9\n"),
+        r"a\.txt\.bz2 is not UTF-8 text \(invalid "
+        r"byte 0xe9 at byte offset 10, line 2\)",
+    ),
 ]
 
 
@@ -204,7 +224,7 @@ def test_skip_leaves_bad_rows_out_and_counts_them_in_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["charlstm: data: left out 3 bad rows (2 in a.jsonl, 1 in b.csv; the first: a.jsonl line 2 is "
                      "not JSON) and 1 row with no text (null or empty)"]  # fmt: skip
-    (tmp_path / "c.jsonl").write_bytes(b"nope\n{\"text\": null}\n")
+    (tmp_path / "c.jsonl").write_bytes(b'nope\n{"text": null}\n')
     with pytest.raises(UserError, match=r"c\.jsonl' holds no text \(left out 1 bad row .* and 1 row with no text"):
         load_corpus(str(tmp_path / "c.jsonl"), options=ReadOptions(bad_rows="skip"))
 

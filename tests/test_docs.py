@@ -69,19 +69,24 @@ def commands() -> tuple[set[str], set[str]]:
     return modules, scripts
 
 
+def answers_help(command: list[str]) -> str | None:
+    """None if `command --help` exits 0 and prints something; else what went wrong."""
+    result = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return None if result.returncode == 0 and result.stdout.strip() else f"{command} --help: {result.stderr[-500:]}"
+
+
 def test_every_command_written_names_a_program_that_answers_help():
+    from concurrent.futures import ThreadPoolExecutor
+
     modules, scripts = commands()
     assert {"trainer.train", "export.onnx", "serve.sample", "serve.score", "serve.web"} <= modules
     assert scripts == {"launch.sh", "setup.sh"}
-    for module in sorted(modules):
+    for module in modules:
         assert importlib.util.find_spec(module) is not None, f"python -m {module}: no such module"
-        result = subprocess.run(
-            [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0 and result.stdout.strip(), f"python -m {module} --help: {result.stderr[-500:]}"
-    for script in sorted(scripts):
-        result = subprocess.run([str(ROOT / script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0 and result.stdout.strip(), f"./{script} --help: {result.stderr[-500:]}"
+    commands_written = [[sys.executable, "-m", m] for m in sorted(modules)] + [[str(ROOT / s)] for s in sorted(scripts)]
+    with ThreadPoolExecutor(2) as pool:  # each is mostly an interpreter's start: two at a time on two cores
+        failures = [failure for failure in pool.map(answers_help, commands_written) if failure]
+    assert not failures, failures
 
 
 PATH = re.compile(r"(?<![\w/.-])((?:trainer|serve|export|bench|tests|docs|configs|examples|\.ci)/[\w./-]*\w)")
