@@ -3,10 +3,12 @@ computes; elastic resume; preemption; kill -9."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -514,19 +516,25 @@ def two_nodes_with_restarts(tmp_path, node_args: list[list[str]]) -> list[int]:
             err.close()
 
 
-def test_a_node_with_another_text_is_refused_before_any_step(corpus_100k, tmp_path):
-    """NNODES=2 where node 1's data.path holds another version of the text (one character changed: the same
-    vocabulary, another sha256): a user's error, so with restarts allowed (MAX_RESTARTS, 3 by default) nothing
-    is restarted: each node says it in one line naming node 1 and both digests, no traceback, exit 2, and
-    nothing trained."""
-    other = tmp_path / "other.txt"
-    text = corpus_100k.read_text(encoding="utf-8")
-    other.write_text(text[:5000] + ("x" if text[5000] != "x" else "y") + text[5001:], encoding="utf-8")
-    node_args = [[f"data.path={corpus}", *SCHEDULE] for corpus in (corpus_100k, other)]
-    assert two_nodes_with_restarts(tmp_path, node_args) == [2, 2]
-    from trainer.data import load_corpus
+def test_a_node_with_another_text_is_refused_before_any_step(shards, tmp_path):
+    """NNODES=2 where node 1's data.path holds another version of the shards (one character of one Parquet row
+    changed: the same vocabulary, another sha256): a user's error, so with restarts allowed (MAX_RESTARTS, 3 by
+    default) nothing is restarted: each node says it in one line naming node 1 and both digests, no traceback,
+    exit 2, and nothing trained."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    digests = [load_corpus(str(path)).sha256[:16] for path in (corpus_100k, other)]
+    from trainer.data import ReadOptions, load_corpus
+
+    folder = Path(shards[0].split("=", 1)[1])
+    other = tmp_path / "other_shards"
+    shutil.copytree(folder, other)
+    rows = pq.read_table(other / "part-1.parquet")["text"].to_pylist()
+    rows[3] = rows[3][:10] + ("x" if rows[3][10] != "x" else "y") + rows[3][11:]
+    pq.write_table(pa.table({"text": rows}), other / "part-1.parquet")
+    node_args = [[f"data.path={path}", *shards[1:], *SCHEDULE] for path in (folder, other)]
+    assert two_nodes_with_restarts(tmp_path, node_args) == [2, 2]
+    digests = [load_corpus(str(path), options=ReadOptions(separator="")).sha256[:16] for path in (folder, other)]
     for rank in (0, 1):
         log = (tmp_path / f"node{rank}.err").read_text()
         errors = error_lines(tmp_path / f"node{rank}.err")

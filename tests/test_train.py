@@ -494,7 +494,8 @@ def test_max_steps_auto_fits_the_schedule_into_the_budget(corpus_100k, tmp_path,
     assert_revisions_keep_the_rule(plans)
     ckpt = load_checkpoint(tmp_path / "whole" / "ckpt.pt")
     assert ckpt["step"] == ckpt["max_steps"] == plans[-1]["max_steps"]  # ended by the schedule, not the clock
-    assert [e["lr"] for e in events if "lr" in e][-1] == pytest.approx(0.0005, rel=1e-3)  # train.min_lr
+    last = [e for e in events if "lr" in e][-1]  # the last logged step: up to train.log_every before the end
+    assert last["lr"] == pytest.approx(0.0005, rel=0.05) and ckpt["max_steps"] - last["step"] < 50  # train.min_lr
 
     with monkeypatch.context() as patch:  # stop after the plan; the rerun must not plan again
         stop_after(patch, plans[0]["step"] + 200)
