@@ -103,7 +103,7 @@ def gradient_rms(model: CharLSTM, ids: np.ndarray, segment: int, batch: int) -> 
     grid = torch.from_numpy(np.asarray(ids[: streams * batch], dtype=np.int64).reshape(batch, streams))
     squares = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
     state, count = None, 0
-    for start in range(0, streams - 1 - segment + 1, segment):
+    for start in range(0, streams - segment, segment):
         inputs, targets = grid[:, start : start + segment], grid[:, start + 1 : start + segment + 1]
         model.zero_grad(set_to_none=True)
         logits, (h, c) = model(inputs, state)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from serve.options import add_unknown_option
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.dynamic import DEFAULTS, DynamicOptions, Scored, score_dynamic, score_static
 from trainer.errors import UserError
@@ -44,12 +45,14 @@ def encode_text(text: str, vocab: list[str], form: str, unknown: str, what: str)
 
 
 def read_file(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    """The file's UTF-8 text, read as serve.score reads it; a missing or undecodable file is a UserError."""
+    from serve.errors import SamplerError
+    from serve.score import read_text
+
     try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (invalid byte at byte offset {e.start})") from None
+        return read_text(path)
+    except SamplerError as e:
+        raise UserError(str(e)) from None
 
 
 def check_options(args: argparse.Namespace) -> DynamicOptions:
@@ -98,12 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a text for the rms rule's gradient statistics (default: the checkpoint's own training split)",
     )
     parser.add_argument("--max-chars", type=int, default=None, help="score the first N characters predicted only")
-    parser.add_argument(
-        "--unknown",
-        choices=["error", "skip"],
-        default="error",
-        help="characters the model does not know: error (default) or skip them",
-    )
+    add_unknown_option(parser)
     parser.add_argument("--save", default=None, help="write the adapted weights to this new checkpoint")
     parser.add_argument("--json", action="store_true", help='print {"static": {...}, "dynamic": {...}}')
     parser.add_argument("--quiet", action="store_true", help="no progress line")
