@@ -29,7 +29,7 @@ from trainer.dynamic import DynamicOptions, score_dynamic, score_static
 from trainer.gradient_stats import gradient_rms_for
 
 GRIDS = {
-    "rms": {"lr": [2e-5, 5e-5, 1e-4, 2e-4, 4e-4], "decay": [0.0, 1e-3, 2e-3, 5e-3, 1e-2]},
+    "rms": {"lr": [5e-5, 1e-4, 2e-4, 4e-4, 8e-4], "decay": [0.0, 1e-3, 3e-3, 1e-2]},
     "sgd": {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "decay": [0.0, 1e-3, 1e-2]},
 }
 SEGMENTS = [5, 20, 50]  # with the rms rule's best lr and decay at 5, scaled by segment / 5 as in the paper
@@ -56,11 +56,11 @@ def bpc(model, ckpt, path, ids, options: DynamicOptions | None) -> tuple[float, 
     return scored.mean / math.log(2), time.perf_counter() - start
 
 
-def search(model, ckpt, path, ids) -> dict:
+def search(model, ckpt, path, ids, grids: dict, segments: list[int]) -> dict:
     static, _ = bpc(model, ckpt, path, ids, None)
     print(f"static: {static:.4f} bpc on the first {len(ids) - 1:,} characters of the validation split")
     best = {}
-    for rule, grid in GRIDS.items():
+    for rule, grid in grids.items():
         rows, results = [], {}
         for lr, decay in itertools.product(grid["lr"], grid["decay"]):
             results[lr, decay], _ = bpc(model, ckpt, path, ids, DynamicOptions(rule, 5, lr, decay))
@@ -70,9 +70,11 @@ def search(model, ckpt, path, ids) -> dict:
         print(f"\n{rule}, segment 5 (bpc; static {static:.4f}):")
         print(table(rows, ("lr \\ decay", *(f"{d:g}" for d in grid["decay"]))))
         best[rule] = min(results, key=results.get)
+    if "rms" not in best or not segments:
+        return {rule: {"lr": lr, "decay": decay} for rule, (lr, decay) in best.items()}
     lr, decay = best["rms"]
     rows = []
-    for segment in SEGMENTS:
+    for segment in segments:
         scale = segment / 5
         value, _ = bpc(model, ckpt, path, ids, DynamicOptions("rms", segment, lr * scale, decay * scale))
         rows.append((segment, f"{lr * scale:g}", f"{decay * scale:g}", f"{value:.4f}"))
@@ -107,14 +109,24 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--search", action="store_true", help="the grids of lr x decay for each rule")
     parser.add_argument("--search-chars", type=int, default=20_000)
+    parser.add_argument("--rules", nargs="+", choices=sorted(GRIDS), default=sorted(GRIDS), help="rules to search")
+    parser.add_argument("--lr-grid", nargs="+", type=float, help="with one rule: these lr instead of its grid")
+    parser.add_argument("--decay-grid", nargs="+", type=float, help="with one rule: these decays instead")
+    parser.add_argument("--segments", nargs="*", type=int, default=SEGMENTS, help="rms at other segments")
     parser.add_argument("--max-chars", type=int, default=None, help="without --search: the split's first N")
     args = parser.parse_args()
+    grids = {rule: dict(GRIDS[rule]) for rule in args.rules}
+    if (args.lr_grid or args.decay_grid) and len(grids) != 1:
+        parser.error("--lr-grid and --decay-grid need exactly one rule in --rules")
+    for rule in grids:
+        grids[rule]["lr"] = args.lr_grid or grids[rule]["lr"]
+        grids[rule]["decay"] = args.decay_grid or grids[rule]["decay"]
     path = Path(args.checkpoint)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     ids = validation_ids(ckpt)
     if args.search:
-        print(json.dumps(search(model, ckpt, path, ids[: args.search_chars + 1])))
+        print(json.dumps(search(model, ckpt, path, ids[: args.search_chars + 1], grids, args.segments)))
     else:
         compare(model, ckpt, path, ids if args.max_chars is None else ids[: args.max_chars + 1])
 
