@@ -1,7 +1,7 @@
 """Dynamic evaluation of a checkpoint on its validation split: the search that chose trainer/dynamic.py's
 defaults, and the gain and cost of those defaults on the whole split.
 
-    python bench/dynamic_eval.py CKPT --search [--search-chars 20000]   # grids of lr x decay, each rule
+    python bench/dynamic_eval.py CKPT --search [--search-chars 10000]   # grids of lr x decay, each rule
     python bench/dynamic_eval.py CKPT [--max-chars N]                    # static against dynamic, and cost
 
 The search reads the split's first --search-chars characters (the paper's "gridfast"); the whole split then
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--search", action="store_true", help="the grids of lr x decay for each rule")
-    parser.add_argument("--search-chars", type=int, default=20_000)
+    parser.add_argument("--search-chars", type=int, default=10_000)
     parser.add_argument("--rules", nargs="+", choices=sorted(GRIDS), default=sorted(GRIDS), help="rules to search")
     parser.add_argument("--lr-grid", nargs="+", type=float, help="with one rule: these lr instead of its grid")
     parser.add_argument("--decay-grid", nargs="+", type=float, help="with one rule: these decays instead")
