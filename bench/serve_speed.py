@@ -2,14 +2,17 @@
 and 64 concurrent streaming clients with 16-character prompts, side by side in one run with
   (a) the same requests served one at a time by a batch-1 Sampler (what a server without batching does), and
   (b) the offline batched Sampler at the same batch (the ceiling: no HTTP, no scheduler, one prompt), and
-  (c) the service with --threads 2, one onnxruntime setting for every tick (the default runs small ticks on
-      one thread).
-The model is a shape of bench/sample_speed.py (--shape: 2x512, 2x256 or 2x128), fp32, top-k 5; with
+  (c) a second service with other flags (--compare; by default --threads 2, one onnxruntime setting for
+      every tick, where the default picks the threads and spinning by the tick's size).
+The service is measured through three clients: a light asyncio one (its own cost small, so the figures are the
+server's), httpx and the `openai` package (what they cost on the same cores). The model is a shape of
+bench/sample_speed.py (--shape: 2x512, 2x256 or 2x128), fp32, top-k 5; with
 --max-batch below the most clients, the rest wait in the queue. The servers' peak memory is reported too. Each
 round runs every contender once, in a fresh process (the server is started once and idles between its turns);
 medians over rounds.
 
     python bench/serve_speed.py [--rounds 3] [--clients 1 8 64] [--shape 2x512] [--max-batch N]
+                                [--compare "--spin-rows 0"]
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import argparse
 import asyncio
 import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,9 +130,36 @@ async def httpx_streams(url: str, texts: list[str], chars: int) -> tuple[list[tu
         return await two_waves(lambda i, length: one(http, i, length), len(texts), chars)
 
 
+async def openai_streams(url: str, texts: list[str], chars: int) -> tuple[list[tuple[float, int]], float]:
+    """The same through the `openai` package (on httpx, each chunk parsed into its pydantic models)."""
+    from openai import AsyncOpenAI
+
+    with urllib.request.urlopen(f"{url}/v1/models") as answer:
+        model = json.load(answer)["data"][0]["id"]
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    async def one(i: int, length: int) -> tuple[float, int]:
+        sent, first, count = time.perf_counter(), None, 0
+        stream = await client.completions.create(
+            model=model, prompt=texts[i], max_tokens=length, seed=i, stream=True, extra_body={"top_k": 5}
+        )
+        async for chunk in stream:
+            text = chunk.choices[0].text if chunk.choices else ""
+            if text and first is None:
+                first = time.perf_counter() - sent
+            count += len(text)
+        return first, count
+
+    async with client:
+        return await two_waves(one, len(texts), chars)
+
+
+STREAMS = {"light": light_streams, "httpx": httpx_streams, "openai": openai_streams}
+
+
 def service_round(url: str, clients: int, chars: int, client: str = "light") -> dict:
-    """`clients` streams at once, each on its own connection, through the light client or httpx."""
-    streams = light_streams if client == "light" else httpx_streams
+    """`clients` streams at once, each on its own connection, through the light client, httpx or openai."""
+    streams = STREAMS[client]
     results, seconds = asyncio.run(streams(url, prompts(clients), chars))
     firsts = [first for first, _ in results]
     assert all(count == chars for _, count in results), "a client got fewer characters than it asked for"
@@ -193,13 +225,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="2x512", help="the model's shape (2x512)")
     parser.add_argument("--max-batch", type=int, default=None, help="the server's (default: the most clients)")
+    parser.add_argument("--compare", default="--threads 2", help="the second server's flags (--threads 2)")
     args = parser.parse_args()
     max_batch = args.max_batch or max(args.clients)
     figures: dict[tuple[int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         model, _ = make_models(Path(tmp), args.shape)
         server, url = start_server(model, max_batch)
-        fixed, fixed_url = start_server(model, max_batch, "--threads", "2")
+        fixed, fixed_url = start_server(model, max_batch, *shlex.split(args.compare))
+        compared = f"service, {args.compare}"
         try:
             for round_ in range(args.rounds):
                 for clients in args.clients:
@@ -207,7 +241,8 @@ def main() -> None:
                     contenders = {
                         "service": lambda c=clients, n=chars: service_round(url, c, n),
                         "service, httpx client": lambda c=clients, n=chars: service_round(url, c, n, "httpx"),
-                        "service, --threads 2": lambda c=clients, n=chars: service_round(fixed_url, c, n),
+                        "service, openai client": lambda c=clients, n=chars: service_round(url, c, n, "openai"),
+                        compared: lambda c=clients, n=chars: service_round(fixed_url, c, n),
                         "one at a time": lambda c=clients, n=chars: offline(ONE_AT_A_TIME, model, c, n),
                         "offline batched": lambda c=clients, n=chars: offline(CEILING, model, c, n),
                     }
@@ -223,7 +258,8 @@ def main() -> None:
     for clients in args.clients:
         ceiling = median([f["chars_per_s"] for f in figures[(clients, "offline batched")]])
         naive = median([f["chars_per_s"] for f in figures[(clients, "one at a time")]])
-        for name in ("service", "service, httpx client", "service, --threads 2", "one at a time", "offline batched"):
+        shown = ("service", "service, httpx client", "service, openai client", compared, "one at a time")
+        for name in (*shown, "offline batched"):
             runs = figures[(clients, name)]
             speed = median([f["chars_per_s"] for f in runs])
             p50 = median([statistics.median(f["ttfc"]) for f in runs])
@@ -234,7 +270,7 @@ def main() -> None:
     print(f"\nThe service against the offline samplers, {shown}, on {machine()}")
     headers = ("clients", "contender", "chars/s", "vs ceiling", "vs one at a time", "first char p50 / p99 (ms)")
     print(table(rows, headers))
-    print(f"the servers' peak resident memory: {peak_mb[0]:,.0f} MB (default), {peak_mb[1]:,.0f} MB (--threads 2)")
+    print(f"the servers' peak resident memory: {peak_mb[0]:,.0f} MB (default), {peak_mb[1]:,.0f} MB ({args.compare})")
     print(json.dumps({f"{c} {n}": median([f["chars_per_s"] for f in v]) for (c, n), v in figures.items()}))
 
 

@@ -1,5 +1,6 @@
 """The service's ticks without HTTP: the scheduler stepping B rows of 16-character prompts and top-k 5 picks, as
-`python -m serve.http` sets it up (no spinning; a one-thread session for small ticks), against the offline
+`python -m serve.http` sets it up (spinning threads for the fewest rows, a one-thread session for other small
+ticks, no spinning for the rest), against the offline
 batched Sampler at the same B (which spins its threads) and the same Sampler without spinning, side by side in
 one process. What the service loses beyond these is HTTP's: the event loop, the sockets and the clients.
 
@@ -21,21 +22,27 @@ from sample_speed import SHAPES, make_models
 class Quiet:
     """No handler waits: the ticks alone."""
 
+    loop = None
+
     def wake(self) -> None:
         pass
+
+    def mark(self) -> None:
+        return None
 
     def end(self) -> None:
         pass
 
 
-def ticks(sampler, one_thread, rows: int, chars: int) -> float:
+def ticks(sampler, one_thread, spinning, rows: int, chars: int) -> float:
     """Characters per second of the scheduler's ticks for `rows` requests of `chars` characters."""
+    from serve.http.batch import SPIN_ROWS
     from serve.http.completion import Completion
     from serve.http.metrics import Metrics
     from serve.http.protocol import parse_completion
     from serve.http.scheduler import Scheduler
 
-    scheduler = Scheduler(sampler, rows, rows, Metrics(rows), one_thread)
+    scheduler = Scheduler(sampler, rows, rows, Metrics(rows), one_thread, None, spinning, SPIN_ROWS)
     ids = sampler.start_ids(sampler.encode("ROMEO: and what ", "skip"))
     completions = []
     for seed in range(rows):
@@ -70,9 +77,10 @@ def main() -> None:
         model, _ = make_models(Path(tmp), args.shape)
         served = Sampler(model, device="cpu", spin=False)
         one_thread = load_model(model, device="cpu", threads=1, spin=False)[0]
+        spinning_session = load_model(model, device="cpu", spin=True)[0]
         spinning = Sampler(model, device="cpu")
         contenders = {
-            "service's ticks": lambda b: ticks(served, one_thread, b, args.chars),
+            "service's ticks": lambda b: ticks(served, one_thread, spinning_session, b, args.chars),
             "offline batched": lambda b: offline(spinning, b, args.chars),
             "offline batched, not spinning": lambda b: offline(served, b, args.chars),
         }

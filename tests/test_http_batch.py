@@ -96,6 +96,26 @@ def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monk
     assert differ == 0 and largest >= 10 and max(one_thread.sizes) == largest
 
 
+def test_few_rows_run_on_spinning_threads_and_give_the_same_bits(trained_onnx):
+    """With a spinning session, a tick of at most spin_rows rows runs there (never while `narrow`), the others
+    where they ran before, and every row still equals its batch-1 steps bitwise."""
+    from serve.sampler import load_model
+
+    sampler = Sampler(trained_onnx, device="cpu")
+    one_thread = Counting(load_model(trained_onnx, device="cpu", threads=1, spin=False)[0])
+    spinning = Counting(load_model(trained_onnx, device="cpu", spin=True)[0])
+    differ, largest = drive(
+        sampler, ticks=200, seed=3, batch=Batch(sampler, one_thread, spinning=spinning, spin_rows=3)
+    )
+    assert differ == 0 and largest >= 10
+    assert spinning.sizes and max(spinning.sizes) <= 3 and min(one_thread.sizes) > 3
+    batch = Batch(sampler, one_thread, spinning=spinning, spin_rows=3)
+    batch.narrow = True
+    spinning.sizes.clear()
+    differ, _ = drive(sampler, ticks=30, seed=4, batch=batch)
+    assert differ == 0 and not spinning.sizes
+
+
 def test_the_prefix_cache_keeps_the_longest_prefixes_within_its_bytes():
     """Boundary keys every 256 characters that leave the last one unread, chained (prompts sharing a beginning
     share its keys); the longest kept prefix found; the least recently used out first once over the bound."""
@@ -144,7 +164,7 @@ def feed(text: str, stops: list[str], max_tokens: int = 1000) -> tuple[str, str 
     choice = completion.choices[0]
     seen = []
     for ch in text:
-        choice.accept(0, ch)
+        choice.accept(ch)
         seen.append(choice.text())
         if choice.finish:
             break

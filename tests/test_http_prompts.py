@@ -23,8 +23,13 @@ from serve.sampler import Sampler
 class Quiet:
     """A notifier for a scheduler driven without HTTP."""
 
+    loop = None
+
     def wake(self) -> None:
         pass
+
+    def mark(self) -> None:
+        return None
 
     def end(self) -> None:
         pass

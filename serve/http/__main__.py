@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from serve.errors import ServerStartError
+from serve.http.batch import SPIN_ROWS
 from serve.http.prefix_cache import PrefixCache
 from serve.sampler import Sampler, SamplerError, load_model
 
@@ -35,6 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer KEY` (or set {API_KEY_ENV})")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    parser.add_argument(
+        "--spin-rows",
+        type=int,
+        default=SPIN_ROWS,
+        help=f"ticks of at most this many rows run on spinning onnxruntime threads, on the CPU without --threads "
+        f"({SPIN_ROWS}; 0: never spin)",
+    )
     parser.add_argument("--drain-seconds", type=float, default=30.0, help="after SIGTERM, time to finish (default 30)")
     parser.add_argument(
         "--stream-interval", type=float, default=0.02, help="seconds between a stream's events, at least (0.02)"
@@ -59,6 +67,8 @@ def check(args: argparse.Namespace) -> None:
     for name in ("max_batch", "max_tokens", "max_prompt", "max_body"):
         if getattr(args, name) < 1:
             raise ServerStartError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.spin_rows < 0:
+        raise ServerStartError(f"--spin-rows must be >= 0, got {args.spin_rows}")
     if args.max_queue < 0:
         raise ServerStartError(f"--max-queue must be >= 0, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
@@ -109,16 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         # spinning off: idle onnxruntime threads would starve the event loop on a small machine
         sampler = Sampler(args.model, device=args.device, threads=args.threads, spin=False)
         # small ticks on one thread, unless the user chose the threads (serve/http/scheduler.py says why)
-        one_thread = None
+        one_thread = spinning = None
         if args.threads is None and sampler.device == "cpu":
             one_thread = load_model(args.model, device="cpu", threads=1, spin=False)[0]
+            if args.spin_rows > 0:
+                spinning = load_model(args.model, device="cpu", spin=True)[0]
         sock = bind(args.host, args.port)
     except (SamplerError, ServerStartError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = Metrics(args.max_batch)
     cache = PrefixCache(int(args.prefix_cache_mb * 2**20)) if args.prefix_cache_mb > 0 else None
-    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread, cache)
+    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread, cache, spinning, args.spin_rows)
     limits = Limits(args.max_tokens, args.max_prompt, args.max_body, args.stream_interval, args.max_events, api_key)
     service = Service(sampler, Path(args.model), scheduler, metrics, limits)
     config = uvicorn.Config(build_app(service), log_level="warning", access_log=False, lifespan="off")

@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -33,12 +34,17 @@ class Notifier:
         self.sleeper: asyncio.Future | None = None  # a pause under way
 
     def wake(self) -> None:  # any thread
+        event = self.mark()
+        if event is not None:
+            self.loop.call_soon_threadsafe(event.set)
+
+    def mark(self) -> asyncio.Event | None:  # any thread: something happened; the event to set if one waits
         with self.lock:
             self.pending = True
             if not self.waiting:
-                return
+                return None
             self.waiting = False
-        self.loop.call_soon_threadsafe(self.event.set)
+        return self.event
 
     def end(self) -> None:  # any thread: nothing more will come
         with self.lock:
@@ -74,6 +80,23 @@ class Notifier:
                 self.sleeper = None
 
 
+def wake_all(notifiers: Iterable[Notifier]) -> None:
+    """Notifier.wake for many at once, with one call into each event loop (for the handlers that wait), not
+    one per notifier: a tick wakes every streaming row's handler."""
+    waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+    for notifier in notifiers:
+        event = notifier.mark()
+        if event is not None:
+            waiting.setdefault(notifier.loop, []).append(event)
+    for loop, events in waiting.items():
+        loop.call_soon_threadsafe(_set_all, events)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
@@ -88,7 +111,6 @@ class Choice:
         self.prompt_ids = prompt_ids  # at least one id: an empty prompt starts from a newline
         self.fed = 0  # prompt ids read so far
         self.prefix_keys: list[bytes] = []  # its prompt's prefixes the service may keep (serve/http/prefix_cache.py)
-        self.last_id = -1  # the character picked last
         self.chars: list[str] = []  # picked characters, including any stop sequence
         self.logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per char: its log-p, the top ones
         self.prompt_logprobs: list[tuple[float, list[tuple[str, float]]]] = []  # per prompt char after the first
@@ -99,12 +121,8 @@ class Choice:
         self.visible = 0  # characters the client may see (a partial stop match is held back)
         self.finish: str | None = None  # "length" or "stop" once done
 
-    def next_token(self) -> int:
-        return int(self.prompt_ids[self.fed]) if self.fed < len(self.prompt_ids) else self.last_id
-
-    def accept(self, token: int, char: str) -> None:
+    def accept(self, char: str) -> None:
         """Take a picked character: stop on a stop sequence (cut before it), else on max_tokens."""
-        self.last_id = token
         self.chars.append(char)
         request = self.completion.request
         if request.stop:

@@ -3,24 +3,25 @@
 (serve/http/prefix_cache.py) when one is kept; a long one is then read beside the batch
 (serve/http/prompt_reader.py), a short one through the batch, one character per tick; either way a row's
 arithmetic is the offline Sampler's, step for step. The rows' LSTM state is a Batch (serve/http/batch.py),
-kept compact so that a tick steps only the active rows."""
+kept compact so that a tick steps only the active rows; what a tick reads of each row is in RowArrays
+(serve/http/rows.py), and the tick itself is serve/http/tick.py."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 
-import numpy as np
 import onnxruntime as ort
 
 from serve.http.batch import Batch
-from serve.http.completion import Choice, Completion, top_logprobs
+from serve.http.completion import Choice, Completion
 from serve.http.metrics import Metrics
-from serve.http.prefix_cache import PrefixCache, keep_prefix, prefix_start
+from serve.http.prefix_cache import PrefixCache, prefix_start
 from serve.http.prompt_reader import READ_BESIDE, PromptReader, Read
 from serve.http.protocol import ApiError
-from serve.pick import draws
+from serve.http.rows import RowArrays
+from serve.http.tick import Ticker
 from serve.sampler import Sampler
 
 RETRY_AFTER = 1  # seconds a client told 429 is asked to wait
@@ -37,20 +38,23 @@ class Scheduler:
         metrics: Metrics,
         one_thread: ort.InferenceSession | None = None,
         prefix_cache: PrefixCache | None = None,
+        spinning: ort.InferenceSession | None = None,
+        spin_rows: int = 0,
     ):
         self.sampler = sampler
         self.prefix_cache = prefix_cache
         self.max_batch = max_batch  # sequences stepped together
         self.max_queue = max_queue  # requests waiting for room
         self.metrics = metrics
-        self.batch = Batch(sampler, one_thread)
+        self.batch = Batch(sampler, one_thread, spinning=spinning, spin_rows=spin_rows)
         reading_session = one_thread if one_thread is not None else sampler.session
         self.reader = PromptReader(sampler, reading_session, prefix_cache, metrics, self._read)
         self.read: list[Read] = []  # prompts the reader has read, joining at the next tick
         self.reading = 0  # requests the reader holds
-        self.no_bias = np.zeros(len(sampler.vocab), dtype=np.float32)  # (V,): x + 0 is x, bit for bit
-        self.everything = np.ones(len(sampler.vocab), dtype=bool)  # (V,)
-        self.rows: list[Choice] = []  # the batch's rows, in its order
+        self.arrays = RowArrays()  # the batch's rows, in its order, and what a tick reads of them
+        self.ticker = Ticker(sampler, self.batch, metrics, prefix_cache)
+        self.finished = False  # a row finished at the last tick: rows leave
+        self.cancelled = False  # a client went away since the last tick (under self.lock)
         self.lock = threading.Condition()
         self.free = max_batch  # rows neither in the batch nor promised to a joining request
         self.joining: list[Completion] = []  # admitted, joining at the next tick
@@ -59,6 +63,10 @@ class Scheduler:
         self.deadline: float | None = None  # the drain's end: then what runs is ended with `length`
         self.drained = threading.Event()
         self.thread = threading.Thread(target=self._run, name="charlstm-scheduler", daemon=True)
+
+    @property
+    def rows(self) -> list[Choice]:
+        return self.arrays.choices
 
     def start(self) -> None:
         self.reader.start()
@@ -91,6 +99,7 @@ class Scheduler:
         """The client went away: its rows leave at the next tick (its place in the queue at once)."""
         completion.cancelled = True
         with self.lock:
+            self.cancelled = True
             if completion in self.queue:
                 self.queue.remove(completion)
                 self._gauges()
@@ -120,14 +129,19 @@ class Scheduler:
                     break
                 joining, self.joining = self.joining, []
                 read, self.read = self.read, []
+                cancelled, self.cancelled = self.cancelled, False
             self._join(joining, read)
-            self._leave(cancelled_only=True)
+            cancelled |= any(c.cancelled for c in joining) or any(done.completion.cancelled for done in read)
+            if cancelled:
+                self._leave(cancelled_only=True)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self._end_everything()
             if self.rows:
                 self.batch.narrow = self.reading > 0  # the reader has the other core
                 self._tick()
-                self._leave(cancelled_only=False)
+                if self.finished:
+                    self.finished = False
+                    self._leave(cancelled_only=False)
             elif self.deadline is not None:
                 with self.lock:  # nothing to step: wait for a request to join or come back read, or the deadline
                     if not (self.joining or self.read):
@@ -157,9 +171,9 @@ class Scheduler:
             first = len(self.rows)
             self.batch.join(len(joining))
             for i, (choice, start) in enumerate(joining, start=first):
-                self.rows.append(choice)
                 if start is not None:
                     choice.fed, self.batch.h[:, i], self.batch.c[:, i] = start
+            self.arrays.join([choice for choice, _ in joining])
         if completions or read:
             with self.lock:
                 self._gauges()
@@ -177,7 +191,7 @@ class Scheduler:
         left = {id(row.completion): row.completion for i, row in enumerate(self.rows) if i not in kept}
         self.batch.keep(keep)
         freed = len(self.rows) - len(keep)
-        self.rows = [self.rows[i] for i in keep]
+        self.arrays.keep(keep)
         for completion in left.values():
             if completion.done or completion.cancelled:
                 completion.notifier.end()
@@ -214,73 +228,5 @@ class Scheduler:
     # ------------------------------------------------------------ one tick
 
     def _tick(self) -> None:
-        started = time.perf_counter()
-        rows = self.rows
-        tokens = np.fromiter((row.next_token() for row in rows), dtype=np.int64, count=len(rows))  # (B,)
-        logits = self.batch.step(tokens)  # (B, V)
-        picking: dict[tuple, list[int]] = defaultdict(list)  # pick options -> rows that pick now
-        for i, row in enumerate(rows):
-            if row.fed < len(row.prompt_ids):
-                row.fed += 1
-                if row.prefix_keys and keep_prefix(self.prefix_cache, row, self.batch.h[:, i], self.batch.c[:, i]):
-                    self.metrics.prefix_cache(self.prefix_cache)
-                if row.fed < len(row.prompt_ids):  # still reading the prompt
-                    if row.completion.request.echo and row.completion.request.logprobs is not None:
-                        self._prompt_logprob(row, logits[i])
-                    continue
-            picking[row.completion.pick_key].append(i)
-        picked = 0
-        for (top_k, temperature, top_p), group in picking.items():
-            scores, allowed = self._masked(logits, group)
-            stuck = np.zeros(len(group), dtype=bool)
-            if allowed is not None:
-                stuck = ~allowed.any(axis=1)  # nothing can follow: the text is whole
-                allowed[stuck] = True  # they pick anything, and it is thrown away
-            seeds, samples = [rows[i].completion.seed for i in group], [rows[i].index for i in group]
-            drawn = draws(seeds, samples, [len(rows[i].chars) for i in group])
-            ids = Sampler.pick(scores, top_k, temperature, top_p, drawn, allowed)
-            for i, token, ends in zip(group, ids.tolist(), stuck.tolist()):
-                row = rows[i]
-                automaton = row.completion.automaton
-                if ends or (automaton is not None and token == automaton.end_id):
-                    row.complete()  # the end character drawn, or nothing could follow: the text is whole
-                    row.completion.notifier.wake()
-                    continue
-                self._accept(row, token, logits[i])
-            picked += len(group)
-        self.metrics.characters.inc(picked)
-        self.metrics.batch_size.observe(len(rows))
-        self.metrics.tick_seconds.observe(time.perf_counter() - started)
-
-    def _masked(self, logits: np.ndarray, group: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The group's logits with each request's logit_bias added, and the constraints' masks (None when no row
-        has one); a row with nothing allowed gets all characters, to be thrown away."""
-        rows = self.rows
-        scores = logits[group] if len(group) < len(logits) else logits  # a group is in row order
-        if all(rows[i].completion.plain for i in group):
-            return scores, None
-        biases = [rows[i].completion.bias for i in group]
-        if any(b is not None for b in biases):
-            scores = scores + np.stack([b if b is not None else self.no_bias for b in biases])
-        masks = [rows[i].allowed() for i in group]
-        if all(m is None for m in masks):
-            return scores, None
-        allowed = np.stack([m if m is not None else self.everything for m in masks])  # (G, V)
-        return scores, allowed
-
-    def _accept(self, row: Choice, token: int, logits: np.ndarray) -> None:
-        completion = row.completion
-        count = completion.request.logprobs
-        if count is not None:
-            row.logprobs.append(top_logprobs(logits, count, token, self.sampler.vocab))
-        if not row.chars and row.index == 0:
-            self.metrics.first_char_seconds.observe(time.monotonic() - completion.submitted)
-        row.accept(token, self.sampler.vocab[token])
-        if completion.automaton is not None:
-            row.state = completion.automaton.advance(row.state, token)
-        if completion.request.stream or completion.done:
-            completion.notifier.wake()
-
-    def _prompt_logprob(self, row: Choice, logits: np.ndarray) -> None:
-        token = int(row.prompt_ids[row.fed])  # the prompt character these logits predict
-        row.prompt_logprobs.append(top_logprobs(logits, row.completion.request.logprobs, token, self.sampler.vocab))
+        if self.ticker.tick(self.arrays):
+            self.finished = True
