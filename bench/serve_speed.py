@@ -12,7 +12,7 @@ round runs every contender once, in a fresh process (the server is started once 
 medians over rounds.
 
     python bench/serve_speed.py [--rounds 3] [--clients 1 8 64] [--shape 2x512] [--max-batch N]
-                                [--compare "--spin-rows 0"]
+                                [--compare=--no-spin]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The service's ticks without HTTP: the scheduler stepping B rows of 16-character prompts and top-k 5 picks, as
-`python -m serve.http` sets it up (spinning threads for the fewest rows, a one-thread session for other small
-ticks, no spinning for the rest), against the offline
+`python -m serve.http` sets it up (spinning threads for models of 2 x 256 and wider; otherwise a one-thread
+session for small ticks, and no spinning), against the offline
 batched Sampler at the same B (which spins its threads) and the same Sampler without spinning, side by side in
 one process. What the service loses beyond these is HTTP's: the event loop, the sockets and the clients.
 
@@ -36,13 +36,12 @@ class Quiet:
 
 def ticks(sampler, one_thread, spinning, rows: int, chars: int) -> float:
     """Characters per second of the scheduler's ticks for `rows` requests of `chars` characters."""
-    from serve.http.batch import SPIN_ROWS
     from serve.http.completion import Completion
     from serve.http.metrics import Metrics
     from serve.http.protocol import parse_completion
     from serve.http.scheduler import Scheduler
 
-    scheduler = Scheduler(sampler, rows, rows, Metrics(rows), one_thread, None, spinning, SPIN_ROWS)
+    scheduler = Scheduler(sampler, rows, rows, Metrics(rows), one_thread, None, spinning)
     ids = sampler.start_ids(sampler.encode("ROMEO: and what ", "skip"))
     completions = []
     for seed in range(rows):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import serve.http.batch as batch_module
 from export.onnx import main as export_main
 from serve.http.app import model_card
 from serve.http.batch import Batch
@@ -74,7 +75,6 @@ def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monk
     """With a one-thread session beside the sampler's, a tick under TWO_THREADS_MACS runs on the one thread and
     a larger one on the sampler's session, and every row still equals its batch-1 steps bitwise as the batch
     crosses the line both ways."""
-    import serve.http.batch as batch_module
     from serve.sampler import load_model
 
     sampler = Sampler(trained_onnx, device="cpu")
@@ -96,23 +96,26 @@ def test_small_ticks_run_on_one_thread_and_give_the_same_bits(trained_onnx, monk
     assert differ == 0 and largest >= 10 and max(one_thread.sizes) == largest
 
 
-def test_few_rows_run_on_spinning_threads_and_give_the_same_bits(trained_onnx):
-    """With a spinning session, a tick of at most spin_rows rows runs there (never while `narrow`), the others
-    where they ran before, and every row still equals its batch-1 steps bitwise."""
+def test_a_wide_models_ticks_run_on_spinning_threads_and_give_the_same_bits(trained_onnx):
+    """With a spinning session, every tick of a model of at least spin_row_macs per row runs there (never while
+    `narrow`: then on the one thread), a narrower model's never; every row still equals its batch-1 steps
+    bitwise."""
     from serve.sampler import load_model
 
     sampler = Sampler(trained_onnx, device="cpu")
+    row_macs = batch_module.macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
     one_thread = Counting(load_model(trained_onnx, device="cpu", threads=1, spin=False)[0])
     spinning = Counting(load_model(trained_onnx, device="cpu", spin=True)[0])
-    differ, largest = drive(
-        sampler, ticks=200, seed=3, batch=Batch(sampler, one_thread, spinning=spinning, spin_rows=3)
-    )
-    assert differ == 0 and largest >= 10
-    assert spinning.sizes and max(spinning.sizes) <= 3 and min(one_thread.sizes) > 3
-    batch = Batch(sampler, one_thread, spinning=spinning, spin_rows=3)
-    batch.narrow = True
+    wide = Batch(sampler, one_thread, spinning=spinning, spin_row_macs=row_macs)
+    differ, largest = drive(sampler, ticks=150, seed=3, batch=wide)
+    assert differ == 0 and largest >= 10 and not one_thread.sizes and max(spinning.sizes) == largest
+    wide = Batch(sampler, one_thread, spinning=spinning, spin_row_macs=row_macs)
+    wide.narrow = True
     spinning.sizes.clear()
-    differ, _ = drive(sampler, ticks=30, seed=4, batch=batch)
+    differ, _ = drive(sampler, ticks=30, seed=4, batch=wide)
+    assert differ == 0 and not spinning.sizes and one_thread.sizes
+    narrower = Batch(sampler, one_thread, spinning=spinning, spin_row_macs=row_macs + 1)
+    differ, _ = drive(sampler, ticks=30, seed=5, batch=narrower)
     assert differ == 0 and not spinning.sizes
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from serve.errors import ServerStartError
-from serve.http.batch import SPIN_ROWS
+from serve.http.batch import SPIN_ROW_MACS, macs_per_row
 from serve.http.prefix_cache import PrefixCache
 from serve.sampler import Sampler, SamplerError, load_model
 
@@ -37,11 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     parser.add_argument(
-        "--spin-rows",
-        type=int,
-        default=SPIN_ROWS,
-        help=f"ticks of at most this many rows run on spinning onnxruntime threads, on the CPU without --threads "
-        f"({SPIN_ROWS}; 0: never spin)",
+        "--no-spin",
+        action="store_true",
+        help="never let onnxruntime's threads spin (by default, on the CPU without --threads, they spin for "
+        "models of 2 x 256 and wider, whose step outweighs the event loop's work)",
     )
     parser.add_argument("--drain-seconds", type=float, default=30.0, help="after SIGTERM, time to finish (default 30)")
     parser.add_argument(
@@ -67,8 +66,6 @@ def check(args: argparse.Namespace) -> None:
     for name in ("max_batch", "max_tokens", "max_prompt", "max_body"):
         if getattr(args, name) < 1:
             raise ServerStartError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.spin_rows < 0:
-        raise ServerStartError(f"--spin-rows must be >= 0, got {args.spin_rows}")
     if args.max_queue < 0:
         raise ServerStartError(f"--max-queue must be >= 0, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
@@ -116,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check(args)
         api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
-        # spinning off: idle onnxruntime threads would starve the event loop on a small machine
+        # the sampler's own session never spins: idle spinning threads would starve the event loop
         sampler = Sampler(args.model, device=args.device, threads=args.threads, spin=False)
         # small ticks on one thread, unless the user chose the threads (serve/http/scheduler.py says why)
         one_thread = spinning = None
         if args.threads is None and sampler.device == "cpu":
             one_thread = load_model(args.model, device="cpu", threads=1, spin=False)[0]
-            if args.spin_rows > 0:
+            if not args.no_spin and macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab)) >= SPIN_ROW_MACS:
                 spinning = load_model(args.model, device="cpu", spin=True)[0]
         sock = bind(args.host, args.port)
     except (SamplerError, ServerStartError) as e:
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = Metrics(args.max_batch)
     cache = PrefixCache(int(args.prefix_cache_mb * 2**20)) if args.prefix_cache_mb > 0 else None
-    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread, cache, spinning, args.spin_rows)
+    scheduler = Scheduler(sampler, args.max_batch, args.max_queue, metrics, one_thread, cache, spinning)
     limits = Limits(args.max_tokens, args.max_prompt, args.max_body, args.stream_interval, args.max_events, api_key)
     service = Service(sampler, Path(args.model), scheduler, metrics, limits)
     config = uvicorn.Config(build_app(service), log_level="warning", access_log=False, lifespan="off")

@@ -16,10 +16,12 @@ from serve.session import bind_step
 # two threads overtook one on 2 cores: 8 rows of 2 x 512, 32 rows of 2 x 256, never at 64 rows of 2 x 128.
 TWO_THREADS_MACS = 20_000_000
 
-# A tick of at most this many rows runs on onnxruntime's threads spinning, when the service has such a session:
-# with so few streams the event loop has little to do, and a spinning thread starts the next step at once
-# (docs/benchmarks.md, "The service's threads"). More rows mean more events to send: no spinning there.
-SPIN_ROWS = 2
+# A model whose step for one row holds at least this many multiply-adds runs on onnxruntime's threads spinning,
+# when the service has such a session: its step outweighs the event loop's work for the characters it makes,
+# and a spinning thread starts the next step at once. 2 x 256 (0.8M) and wider gained from it through HTTP at
+# 8 and 64 streams; 2 x 128 (0.2M) lost at 8 and 64 and broke even at one (docs/benchmarks.md, "The
+# service's threads").
+SPIN_ROW_MACS = 400_000
 
 
 def macs_per_row(layers: int, hidden: int, vocab: int) -> int:
@@ -34,9 +36,9 @@ class Batch:
     a session once per batch size (bind_step) and two bindings alternate, so h_out of one tick is h of the
     next and a tick allocates nothing. With `one_thread` (a session of the same model on one onnxruntime
     thread) a small batch runs there, and every batch while `narrow` is set; the others on `wide` (the
-    sampler's session unless given); with `spinning` (a session whose threads spin), a batch of at most
-    `spin_rows` rows runs there, unless `narrow`. In fp32 on the CPU every session gives the same bits for a
-    row."""
+    sampler's session unless given); with `spinning` (a session whose threads spin), every batch of a model
+    of at least `spin_row_macs` per row runs there, unless `narrow`. In fp32 on the CPU every session gives
+    the same bits for a row."""
 
     def __init__(
         self,
@@ -44,15 +46,14 @@ class Batch:
         one_thread: ort.InferenceSession | None = None,
         wide: ort.InferenceSession | None = None,
         spinning: ort.InferenceSession | None = None,
-        spin_rows: int = SPIN_ROWS,
+        spin_row_macs: int = SPIN_ROW_MACS,
     ):
         self.sampler = sampler
         self.one_thread = one_thread
         self.wide = wide if wide is not None else sampler.session
-        self.spinning = spinning
-        self.spin_rows = spin_rows
         self.narrow = False  # every tick on one thread: the other core is busy (the prompt reader)
         self.row_macs = macs_per_row(sampler.layers, sampler.hidden, len(sampler.vocab))
+        self.spinning = spinning if self.row_macs >= spin_row_macs else None
         self._allocate(0)
 
     def _allocate(self, rows: int) -> None:
@@ -66,7 +67,7 @@ class Batch:
 
     def session(self) -> ort.InferenceSession:
         """The session that steps the batch as it is now."""
-        if self.spinning is not None and len(self) <= self.spin_rows and not self.narrow:
+        if self.spinning is not None and not self.narrow:
             return self.spinning
         small = len(self) * self.row_macs < TWO_THREADS_MACS
         return self.one_thread if self.one_thread is not None and (small or self.narrow) else self.wide

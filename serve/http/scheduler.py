@@ -39,14 +39,13 @@ class Scheduler:
         one_thread: ort.InferenceSession | None = None,
         prefix_cache: PrefixCache | None = None,
         spinning: ort.InferenceSession | None = None,
-        spin_rows: int = 0,
     ):
         self.sampler = sampler
         self.prefix_cache = prefix_cache
         self.max_batch = max_batch  # sequences stepped together
         self.max_queue = max_queue  # requests waiting for room
         self.metrics = metrics
-        self.batch = Batch(sampler, one_thread, spinning=spinning, spin_rows=spin_rows)
+        self.batch = Batch(sampler, one_thread, spinning=spinning)
         reading_session = one_thread if one_thread is not None else sampler.session
         self.reader = PromptReader(sampler, reading_session, prefix_cache, metrics, self._read)
         self.read: list[Read] = []  # prompts the reader has read, joining at the next tick
