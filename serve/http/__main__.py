@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
         # the sampler's own session never spins: idle spinning threads would starve the event loop
         sampler = Sampler(args.model, device=args.device, threads=args.threads, spin=False)
-        # small ticks on one thread, unless the user chose the threads (serve/http/scheduler.py says why)
+        # small ticks on one thread, wide models on spinning threads, unless the user chose the threads
+        # (serve/http/batch.py says why)
         one_thread = spinning = None
         if args.threads is None and sampler.device == "cpu":
             one_thread = load_model(args.model, device="cpu", threads=1, spin=False)[0]
