@@ -115,3 +115,18 @@ def run_cli_background(*args: str) -> subprocess.Popen:
     """A real process left running (python -m ...): for tests that act on a run while it trains."""
     # no pipes: a long run's progress bar would fill one and block the run
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Quiet:
+    """A notifier for a scheduler driven without HTTP."""
+
+    loop = None
+
+    def wake(self) -> None:
+        pass
+
+    def mark(self) -> None:
+        return None
+
+    def end(self) -> None:
+        pass

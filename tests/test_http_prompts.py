@@ -10,7 +10,7 @@ import threading
 import time
 
 import numpy as np
-from helpers import ENGLISH
+from helpers import ENGLISH, Quiet
 
 from serve.http.completion import Completion, top_logprobs
 from serve.http.metrics import Metrics
@@ -18,21 +18,6 @@ from serve.http.prompt_reader import READ_BESIDE, PromptReader
 from serve.http.protocol import parse_completion
 from serve.http.scheduler import Scheduler
 from serve.sampler import Sampler
-
-
-class Quiet:
-    """A notifier for a scheduler driven without HTTP."""
-
-    loop = None
-
-    def wake(self) -> None:
-        pass
-
-    def mark(self) -> None:
-        return None
-
-    def end(self) -> None:
-        pass
 
 
 def completion(sampler: Sampler, prompt: str, seed: int, **body) -> Completion:

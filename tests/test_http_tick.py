@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import numpy as np
+from helpers import Quiet
 
 from serve.generation import SamplingOptions, bias_array
 from serve.http.completion import Completion, Notifier, wake_all
@@ -21,21 +22,6 @@ from serve.pick import uniform
 from serve.sampler import Sampler
 
 PROMPTS = ["The ", "A", "", "Then the old man said, and went on: ", "It was a long time ago when t"]
-
-
-class Quiet:
-    """A notifier for a scheduler driven without HTTP."""
-
-    loop = None
-
-    def wake(self) -> None:
-        pass
-
-    def mark(self) -> None:
-        return None
-
-    def end(self) -> None:
-        pass
 
 
 def asked(sampler: Sampler, i: int, rng: np.random.Generator) -> tuple[Completion, dict]:
