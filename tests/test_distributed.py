@@ -627,6 +627,21 @@ def two_hosts(tmp_path):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def wait_for_hosts(hosts: list[subprocess.Popen], timeout: float, logs: list[Path]) -> list[int]:
+    """Every host's exit status, or, once one host failed or the time is up, an AssertionError that shows each
+    host's log (a host left waiting for a peer that failed would otherwise only time out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [host.poll() for host in hosts]
+        if None not in statuses:
+            return statuses
+        if any(status not in (None, 0) for status in statuses):
+            break
+        time.sleep(0.1)
+    tails = "\n".join(f"--- {log.name}:\n{log.read_text()[-1500:]}" for log in logs)
+    raise AssertionError(f"the hosts ended {[host.poll() for host in hosts]} within {timeout:g} s\n{tails}")
+
+
 def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards, data, tmp_path):
     """NNODES=2 on two hosts joined by a network, each with its own disk: train on shards, SIGTERM both (as a
     scheduler does), rerun both to the end. The main process alone reads and writes out_dir, so host 1's disk
@@ -637,7 +652,8 @@ def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards
     def launch_both(name: str) -> list[subprocess.Popen]:
         hosts = []
         for rank in (0, 1):
-            cmd, env = launch_cmd(1, out, *shards, *LONG)
+            # a peer stalled in a collective ends the run in its own words well before the test gives up
+            cmd, env = launch_cmd(1, out, *shards, *LONG, "train.collective_timeout=60")
             env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_PORT": "29511", "OMP_NUM_THREADS": "1"}
             log = open(tmp_path / f"{name}{rank}.err", "w")  # noqa: SIM115
             hosts.append(two_hosts(rank, cmd, env, log))
@@ -649,7 +665,8 @@ def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards
         wait_for_step(tmp_path / "disk0" / "out", 60, hosts[0])
         for host in hosts:
             host.send_signal(signal.SIGTERM)
-        assert [host.wait(timeout=120) for host in hosts] == [0, 0], (tmp_path / "first0.err").read_text()[-2000:]
+        logs = [tmp_path / f"first{rank}.err" for rank in (0, 1)]
+        assert wait_for_hosts(hosts, 120, logs) == [0, 0], logs[0].read_text()[-2000:] + logs[1].read_text()[-2000:]
     finally:
         for host in hosts:
             end_tree(host)
@@ -661,7 +678,8 @@ def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards
 
     hosts = launch_both("rerun")
     try:
-        assert [host.wait(timeout=180) for host in hosts] == [0, 0], (tmp_path / "rerun0.err").read_text()[-2000:]
+        logs = [tmp_path / f"rerun{rank}.err" for rank in (0, 1)]
+        assert wait_for_hosts(hosts, 180, logs) == [0, 0], logs[0].read_text()[-2000:] + logs[1].read_text()[-2000:]
     finally:
         for host in hosts:
             end_tree(host)
