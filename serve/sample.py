@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from serve.options import add_constraint_options, add_unknown_option, bias_option, character
+from serve.pretrained import model_or_pretrained
 from serve.sampler import Generation, Sampler, SamplerError, SamplingOptions
 from serve.score import read_text
 
@@ -22,7 +23,9 @@ def sample(net: Sampler, size: int, prime: str = "The", top_k: int | None = None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve.sample", description="Generate text from a charlstm .onnx.")
-    parser.add_argument("model", help="an .onnx exported by export.onnx")
+    parser.add_argument(
+        "model", nargs="?", help="an .onnx exported by export.onnx (default: the bundled shakespeare model)"
+    )
     parser.add_argument("--prime", default="", help="text to start from (default: a fresh start)")
     parser.add_argument("--prime-file", help="read the prime from this UTF-8 file instead")
     parser.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.prime_file and args.prime:
             raise SamplerError("give --prime or --prime-file, not both")
         prime = read_text(args.prime_file) if args.prime_file else args.prime
-        sampler = Sampler(args.model, device=args.device, threads=args.threads)
+        model = model_or_pretrained(args.model, "charlstm-sample")
+        sampler = Sampler(model, device=args.device, threads=args.threads)
         options = SamplingOptions(
             args.top_k,
             args.temperature,

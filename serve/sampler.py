@@ -21,6 +21,7 @@ from serve.constrain import Automaton, compile_constraint
 from serve.errors import SamplerError
 from serve.generation import Generation, SamplingOptions, bias_vector, check_options
 from serve.pick import draws, pick, uniform
+from serve.pretrained import pretrained_path
 from serve.session import BeamSteps, StepLoop, load_model
 
 __all__ = ["Generation", "Sampler", "SamplerError", "SamplingOptions", "StepLoop", "load_model", "pick", "uniform"]
@@ -47,6 +48,14 @@ class Sampler:
         self.weights = self.metadata.get("weights")
         if self.weights is None:
             self.weights = "int8" if b"MatMulInteger" in Path(path).read_bytes() else "fp32"
+
+    @classmethod
+    def pretrained(cls, name: str = "shakespeare", **kwargs) -> Sampler:
+        """The model that comes with charlstm (NAME.onnx in serve/models/, and its card), on the same options.
+
+        >>> Sampler.pretrained().generate("ROMEO:", 200, top_k=5, seed=0)
+        """
+        return cls(pretrained_path(name), **kwargs)
 
     @property
     def device(self) -> str:

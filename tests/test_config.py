@@ -94,6 +94,37 @@ def test_bad_files(tmp_path):
         load_config(tmp_path)
 
 
+def test_a_shipped_config_by_its_name(tmp_path, monkeypatch):
+    """`--config tiny` is configs/tiny.yaml, from any folder; a file of that name in the folder wins; a name that
+    is neither is one line listing the names; an installed wheel's copy serves where the repository's is absent."""
+    import trainer.config.shipped as shipped
+    from trainer.config import resolve_config, shipped_configs
+
+    root = Path(__file__).parent.parent
+    assert set(shipped_configs()) == {p.stem for p in (root / "configs").glob("*.yaml")} >= {"tiny", "shakespeare"}
+    monkeypatch.chdir(root)
+    assert resolve_config("tiny") == Path("configs/tiny.yaml")  # as a user in the repository writes it
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("tiny") == root / "configs" / "tiny.yaml"
+    assert load_config("tiny", ["out_dir=x"]) == load_config(root / "configs" / "tiny.yaml", ["out_dir=x"])
+    (tmp_path / "tiny").write_text("model:\n  hidden: 33\n")
+    assert load_config("tiny").model.hidden == 33
+    names = ", ".join(sorted(p.stem for p in (root / "configs").glob("*.yaml")))
+    with pytest.raises(
+        ConfigError, match=re.escape(f"config 'tinny' is neither a file nor a shipped config name ({names})")
+    ):
+        load_config("tinny")
+    with pytest.raises(ConfigError, match="config file 'configs/nope.yaml' not found"):
+        load_config("configs/nope.yaml")
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "tiny.yaml").write_text("model:\n  hidden: 44\n")
+    monkeypatch.setattr(shipped, "FOLDERS", (tmp_path / "no-repository", installed))
+    assert load_config("tiny", []).model.hidden == 33  # the folder's own file still wins
+    (tmp_path / "tiny").unlink()
+    assert load_config("tiny", []).model.hidden == 44
+
+
 @pytest.mark.parametrize(
     ("script", "module"),
     [
@@ -101,6 +132,7 @@ def test_bad_files(tmp_path):
         ("charlstm-export", "export.onnx"),
         ("charlstm-sample", "serve.sample"),
         ("charlstm-score", "serve.score"),
+        ("charlstm-launch", "trainer.launch"),
     ],
 )
 def test_console_scripts(script, module):

@@ -364,7 +364,7 @@ def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
             env, cmdline = child.environ(), " ".join(child.cmdline())
         except psutil.Error:
             continue
-        if "LOCAL_RANK" in env and "trainer/train.py" in cmdline:
+        if "LOCAL_RANK" in env and "trainer.train" in cmdline:
             found[int(env["RANK"])] = child.pid
     return found
 

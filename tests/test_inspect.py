@@ -288,6 +288,13 @@ def test_page_inspects_as_python_does(trained_onnx, tmp_path):
         page.wait_for_function(f"inspection.positions.length === {len(text) + 1}")
         offered = page.eval_on_selector_all("#inspect-next button", "bs => bs.map(b => b.dataset.char)")
         assert offered == [ch for ch, _ in python_next(trained_onnx, text + first)]
+        labels = page.evaluate(
+            "async () => { const { nextLabel } = await import('./inspect_view.js');"
+            " return [' ', '\\n', '\\t', 'a', 'ñ'].map(nextLabel); }"
+        )
+        assert labels == ["space", "\\n", "tab", "a", "ñ"]  # words, not control pictures the fonts may lack
+        shown = "".join(page.eval_on_selector_all("#inspect-next button", "bs => bs.map(b => b.textContent)"))
+        assert not any(0x2400 <= ord(ch) <= 0x243F for ch in shown)
         assert page.errors == []
 
         report = tmp_path / "report.html"

@@ -13,7 +13,7 @@ from trainer.launch.plan import LaunchError, plan, slurm_hosts
 
 PY = "python"
 ARGS = ["configs/tiny.yaml", "train.max_steps=5"]
-TRAIN = ["trainer/train.py", "--config", "configs/tiny.yaml", "train.max_steps=5"]
+TRAIN = ["-m", "trainer.train", "--config", "configs/tiny.yaml", "train.max_steps=5"]  # a module: from any folder
 
 
 def after(command: list[str], flag: str) -> str:
@@ -32,7 +32,7 @@ def test_nproc_on_a_cpu_is_torchrun_sharing_the_cores():
     assert chosen.command[:6] == [*wrapper, "torchrun", "--standalone", "--nproc_per_node"]
     assert after(chosen.command, "--nproc_per_node") == "2" and after(chosen.command, "--max-restarts") == "0"
     assert chosen.restarts == 3  # the launcher restarts dead workers, torchrun does not (it would retry errors)
-    assert chosen.command[-4:] == TRAIN
+    assert chosen.command[-5:] == TRAIN
     assert chosen.env == {"OMP_NUM_THREADS": "4"}  # 8 cores shared by 2 processes
     assert chosen.pre_encode[-3:] == ["--processes", "2", "train.max_steps=5"]
     assert "NPROC" in chosen.choice and "4 thread(s)" in chosen.choice
@@ -47,7 +47,7 @@ def test_gpus():
     assert several.command[:5] == [PY, "-m", "trainer.launch.exit_status", "accelerate", "--multi_gpu"]
     assert after(several.command, "--max_restarts") == "0" and several.restarts == 3
     assert after(several.command, "--num_processes") == "4" and after(several.command, "--mixed_precision") == "no"
-    assert "--num_machines" not in several.command and several.command[-4:] == TRAIN
+    assert "--num_machines" not in several.command and several.command[-5:] == TRAIN
     assert after(plan({"NPROC": "2"}, 4, 8, ARGS, PY).command, "--num_processes") == "2"
     with pytest.raises(LaunchError, match="one process per GPU"):
         plan({"NPROC": "5"}, gpus=4, cores=8, args=ARGS, python=PY)

@@ -14,6 +14,7 @@ from pathlib import Path
 from serve.errors import ServerStartError
 from serve.http.batch import SPIN_ROW_MACS, macs_per_row
 from serve.http.prefix_cache import PrefixCache
+from serve.pretrained import model_or_pretrained
 from serve.sampler import Sampler, SamplerError, load_model
 
 API_KEY_ENV = "CHARLSTM_API_KEY"
@@ -23,7 +24,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="serve.http", description="Serve a charlstm .onnx over OpenAI's completions API."
     )
-    parser.add_argument("model", help="an .onnx exported by export.onnx")
+    parser.add_argument(
+        "model", nargs="?", help="an .onnx exported by export.onnx (default: the bundled shakespeare model)"
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check(args)
+        args.model = model_or_pretrained(args.model, "charlstm-serve")
         api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
         # the sampler's own session never spins: idle spinning threads would starve the event loop
         sampler = Sampler(args.model, device=args.device, threads=args.threads, spin=False)

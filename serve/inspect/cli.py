@@ -18,6 +18,7 @@ from serve.inspect.features import FeatureError, parse_feature
 from serve.inspect.report import render
 from serve.inspect.run import DEFAULT_MAX_CHARS, inspect_text
 from serve.options import add_unknown_option
+from serve.pretrained import model_or_pretrained
 from serve.sampler import SamplerError
 from serve.score import read_text
 
@@ -51,8 +52,13 @@ def summary(figures: dict, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve.inspect", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("model", help="an .onnx exported by export.onnx (fp32 or --int8)")
-    parser.add_argument("file", help="a UTF-8 text file")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[MODEL] FILE",
+        help="an .onnx exported by export.onnx (fp32 or --int8; default: the bundled shakespeare model), then a "
+        "UTF-8 text file",
+    )
     parser.add_argument("--out", default="report.html", help="the HTML report (default report.html)")
     parser.add_argument("--json", help="also write the figures as JSON here")
     parser.add_argument(
@@ -70,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_unknown_option(parser)
     args = parser.parse_args(argv)
+    if len(args.paths) > 2:
+        parser.error(f"give [MODEL] FILE, got {len(args.paths)} paths")
+    args.model, args.file = (None, *args.paths) if len(args.paths) == 1 else args.paths
     try:
+        args.model = model_or_pretrained(args.model, "charlstm-inspect")
         if args.max_chars < 1:
             raise SamplerError(f"--max-chars must be >= 1, got {args.max_chars}")
         for spec in args.feature:

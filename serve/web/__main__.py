@@ -1,9 +1,10 @@
 """`python -m serve.web [MODEL.onnx] [--port N] [--open]`: serve the browser sampler on 127.0.0.1.
 
 The page (serve/web/index.html and app.js), the sampler core it shares with Node.js (serve/js/core.js),
-onnxruntime-web's single-threaded WASM build (from serve/js/node_modules, installed by npm from the
-lockfile) and the model. Everything runs in the browser; the server only hands out these files, with the
-standard library, to this machine alone.
+onnxruntime-web's WASM build (in the repository from serve/js/node_modules, installed by npm from the
+lockfile; in an installed wheel from the folder `ort` beside this module) and the model (without one named,
+the bundled model), which the page loads by itself (served-model.json). Everything runs in the browser; the
+server only hands out these files, with the standard library, to this machine alone.
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ from __future__ import annotations
 import argparse
 import errno
 import http.server
+import json
 import sys
 import urllib.parse
 import webbrowser
 from pathlib import Path
 
 from serve.errors import ServerStartError
+from serve.pretrained import model_or_pretrained
 from serve.sampler import SamplerError, load_model
 
 HERE = Path(__file__).resolve().parent
 JS = HERE.parent / "js"
-ORT_DIST = JS / "node_modules" / "onnxruntime-web" / "dist"
-# onnxruntime-web's WASM-only build: the script, then the module and binary it loads on the first session.
-# One thread: the threaded build needs cross-origin isolation (COOP/COEP), which a page opened from a file
-# or embedded elsewhere rarely has.
+# the wheel's copy (setup.py), else the repository's npm package
+ORT_DIST = HERE / "ort" if (HERE / "ort").is_dir() else JS / "node_modules" / "onnxruntime-web" / "dist"
 # the sampler core's modules, which Node.js imports too
 CORE_FILES = (
     "core.js",
@@ -37,6 +38,9 @@ CORE_FILES = (
     "dialect.js",
     "charsets.js",
 )
+# onnxruntime-web's WASM-only build: the script, then the module and binary it loads on the first session.
+# The page runs it on one thread: more need cross-origin isolation (COOP/COEP), which a page opened from a
+# file or embedded elsewhere rarely has.
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 MIME = {
     ".html": "text/html; charset=utf-8",
@@ -45,12 +49,13 @@ MIME = {
     ".css": "text/css; charset=utf-8",
     ".wasm": "application/wasm",
     ".onnx": "application/octet-stream",
+    ".json": "application/json",
     ".ico": "image/x-icon",
 }
 
 
-def routes(model: Path | None) -> dict[str, Path]:
-    """URL path -> file: the only files the server hands out."""
+def routes(model: Path | None) -> dict[str, Path | bytes]:
+    """URL path -> file (or its bytes): the only things the server hands out."""
     table = {
         "/": HERE / "index.html",
         "/index.html": HERE / "index.html",
@@ -63,6 +68,7 @@ def routes(model: Path | None) -> dict[str, Path]:
     table.update({f"/ort/{name}": ORT_DIST / name for name in ORT_FILES})
     if model is not None:
         table[model_url(model)] = model
+        table["/served-model.json"] = json.dumps({"url": model_url(model)}).encode()
     return table
 
 
@@ -71,7 +77,7 @@ def model_url(model: Path) -> str:
     return "/model/" + model.name
 
 
-def make_handler(table: dict[str, Path]) -> type[http.server.BaseHTTPRequestHandler]:
+def make_handler(table: dict[str, Path | bytes]) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
             self.send_file(body=True)
@@ -80,13 +86,15 @@ def make_handler(table: dict[str, Path]) -> type[http.server.BaseHTTPRequestHand
             self.send_file(body=False)
 
         def send_file(self, body: bool) -> None:
-            path = table.get(urllib.parse.unquote(urllib.parse.urlsplit(self.path).path))
-            if path is None or not path.is_file():
+            url = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            path = table.get(url)
+            if path is None or not (isinstance(path, bytes) or path.is_file()):
                 self.send_error(404, "not found")
                 return
-            data = path.read_bytes()
+            data = path if isinstance(path, bytes) else path.read_bytes()
             self.send_response(200)
-            self.send_header("Content-Type", MIME.get(path.suffix, "application/octet-stream"))
+            suffix = Path(url).suffix if isinstance(path, bytes) else path.suffix
+            self.send_header("Content-Type", MIME.get(suffix, "application/octet-stream"))
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")  # a re-exported model is never served stale
             self.end_headers()
@@ -111,20 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="serve.web", description="Serve the browser sampler on 127.0.0.1: the model runs in the page."
     )
-    parser.add_argument("model", nargs="?", help="an .onnx exported by export.onnx (without: pick one in the page)")
+    parser.add_argument(
+        "model", nargs="?", help="an .onnx exported by export.onnx (default: the bundled shakespeare model)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0 = any free one)")
     parser.add_argument("--open", action="store_true", help="open the page in the default browser")
     args = parser.parse_args(argv)
     try:
-        model = None
-        if args.model is not None:
-            model = Path(args.model).resolve()
-            load_model(model, device="cpu")  # one clear line now rather than an error in the page
+        model = Path(model_or_pretrained(args.model, "charlstm-web")).resolve()
+        load_model(model, device="cpu")  # one clear line now rather than an error in the page
         missing = [name for name in ORT_FILES if not (ORT_DIST / name).is_file()]
         if missing:
             raise ServerStartError(
                 f"onnxruntime-web is not installed ({ORT_DIST / missing[0]} is missing): "
-                "run `cd serve/js && npm ci` (./setup.sh does it where npm is present)"
+                "run `cd serve/js && npm ci` (./setup.sh does it where npm is present; a wheel carries them)"
             )
         if not 0 <= args.port <= 65535:
             raise ServerStartError(f"--port must be between 0 and 65535, got {args.port}")

@@ -230,5 +230,7 @@ document.addEventListener('drop', (event) => {
 
 setupInspect(() => sampler);
 setState('empty');
+// ?model=URL, or else the model the page's own server offers (python -m serve.web MODEL), if it offers one
 const modelUrl = new URLSearchParams(location.search).get('model');
 if (modelUrl) loadUrl(modelUrl);
+else fetch('served-model.json').then((r) => (r.ok ? r.json() : null)).then((m) => m && loadUrl(m.url), () => {});

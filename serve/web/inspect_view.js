@@ -9,6 +9,12 @@ import { guesses, inspect } from './inspect.js';
 const $ = (id) => document.getElementById(id);
 const SHOWN = 3; // cells per feature offered in the colour list
 
+// A next-character button's label: words for the characters a button cannot show (the control pictures, such as
+// ␠, are missing from many fonts and would show as a box)
+export function nextLabel(ch) {
+  return { '\n': '\\n', ' ': 'space', '\t': 'tab' }[ch] ?? ch;
+}
+
 export function setupInspect(getSampler) {
   let result = null; // inspect()'s result, with the characters appended in the interactive mode
   let cell = null; // the column of result.acts the text is coloured by, or null for surprise
@@ -43,8 +49,7 @@ export function setupInspect(getSampler) {
   const offerNext = () => {
     const { top } = guesses(result.stepper.logits, null, getSampler().vocab);
     $('inspect-next').replaceChildren(...top.map(([ch, q]) => {
-      const label = ch === '\n' ? '\\n' : ch === ' ' ? '␠' : ch;
-      const button = Object.assign(document.createElement('button'), { type: 'button', textContent: `${label} ${(100 * q).toFixed(0)}%` });
+      const button = Object.assign(document.createElement('button'), { type: 'button', textContent: `${nextLabel(ch)} ${(100 * q).toFixed(0)}%` });
       button.dataset.char = ch;
       button.addEventListener('click', () => append(ch));
       return button;

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trainer.config.schema import Config
+from trainer.config.shipped import resolve_config
 from trainer.errors import ConfigError
 
 
@@ -81,8 +82,9 @@ def read_file(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file, then dotted overrides; validated."""
-    values = read_file(Path(path)) if path is not None else {}
+    """Defaults, then the YAML file (a path, or a shipped config's name: trainer/config/shipped.py), then
+    dotted overrides; validated."""
+    values = read_file(resolve_config(path)) if path is not None else {}
     for text in overrides:
         merge(values, *parse_override(text))
     return from_dict(values)

@@ -2,7 +2,8 @@
 scheduler it runs under, or, with no arguments, the quickstart.
 
 usage: ./launch.sh                          the quickstart: train configs/tiny.yaml, export, print a sample
-       ./launch.sh CONFIG [key=value ...]   train CONFIG with dotted overrides (train.max_steps=40 ...)
+       ./launch.sh CONFIG [key=value ...]   train CONFIG (a file, or a shipped config's name: tiny,
+                                            shakespeare, shakespeare_small, big) with dotted overrides
        ./launch.sh --dry-run CONFIG ...     print the command it would run, one line, and exit
 
 How many processes, and where (a variable you set wins over what a scheduler sets):
@@ -45,6 +46,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trainer.config.shipped import resolve_config
+from trainer.errors import ConfigError
 from trainer.launch.exit_status import DATA_NOTED, DONE_DIR, USER_ERROR_FILE
 from trainer.launch.plan import LaunchError, Plan, plan
 from trainer.launch.supervise import DEFAULT_STOP_GRACE, run_supervised
@@ -84,6 +87,11 @@ def launch(args: list[str], dry_run: bool = False) -> int:
     python = sys.executable
     try:
         grace = stop_grace()
+        if args:  # a shipped config's name (tiny, shakespeare, big, ...) becomes its file here, once
+            try:
+                args = [str(resolve_config(args[0])), *args[1:]]
+            except ConfigError as e:
+                raise LaunchError(str(e)) from None
         if args and not Path(args[0]).is_file():
             raise LaunchError(f"config file {args[0]!r} not found")
         chosen = plan(os.environ, count_gpus(python), count_cores(), args, python)
@@ -135,7 +143,7 @@ def quickstart(dry_run: bool) -> int:
             file=sys.stderr,
         )
         data, prime = "builtin:python-docs", "The "
-    status = launch(["configs/tiny.yaml", f"data.path={data}"], dry_run)
+    status = launch(["tiny", f"data.path={data}"], dry_run)
     if status != 0 or dry_run:
         return status
     if subprocess.run([python, "-m", "export.onnx", "runs/tiny/best.pt"]).returncode != 0:
@@ -161,3 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     dry_run = args[:1] == ["--dry-run"]
     args = args[1:] if dry_run else args
     return launch(args, dry_run) if args else quickstart(dry_run)
+
+
+def quickstart_main(argv: list[str] | None = None) -> int:
+    """`charlstm-quickstart [--dry-run]`: the quickstart alone (what ./launch.sh does with no arguments), in
+    the current folder (runs/tiny/)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args != ["--dry-run"]:
+        print("usage: charlstm-quickstart [--dry-run] (trains runs/tiny/ here, exports, samples)", file=sys.stderr)
+        return 2
+    return quickstart(dry_run=bool(args))

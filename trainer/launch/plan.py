@@ -148,7 +148,7 @@ def plan(environ: Mapping[str, str], gpus: int, cores: int, args: list[str], pyt
     nnodes, rank, address, port = nodes(sources)
     total = nproc * nnodes
     config, overrides = args[0], args[1:]
-    train = ["trainer/train.py", "--config", config, *overrides]
+    train = ["-m", "trainer.train", "--config", config, *overrides]  # a module: it runs from any folder
     if total == 1:
         how = "1 process on the GPU" if gpus else f"1 process on the CPU, {cores} core(s)"
         return Plan([python, "-m", "trainer.train", "--config", config, *overrides], choice=f"{how}{_from(sources)}")
