@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup.sh: create .venv and install charlstm into it.
-#   ./setup.sh          training (text, JSON Lines, Parquet, CSV), export and sampling (onnxruntime for the CPU)
+#   ./setup.sh          training (text, JSON Lines, Parquet, CSV), export, sampling (onnxruntime for the CPU), the service
 #   ./setup.sh --gpu    the same with onnxruntime-gpu (never both: they are one Python module)
 #   ./setup.sh --dev    also pytest, ruff, Playwright, the HTTP service's extra and clients, and (as root)
 #                       Debian's chromium, slurm-wlm and munge (what the tests need)
@@ -23,14 +23,14 @@ pip install --upgrade pip
 # torch first, pinned: on this kind of machine 2.13.0 is a CPU wheel on local disk; an unpinned torch
 # would pull a CUDA build of several GB. pyproject.toml keeps a range that 2.13.0 satisfies.
 pip install "torch==${TORCH_VERSION:-2.13.0}"
-extras="$runtime,data"
+extras="$runtime,data,server"  # server: python -m serve.http
 if [[ $dev == 1 ]]; then extras="$extras,dev"; fi
 pip install -e ".[$extras]"
 # The JavaScript samplers (Node.js, and the web page's onnxruntime-web): pinned in serve/js/package-lock.json.
 if command -v npm >/dev/null; then
   (cd serve/js && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund --loglevel=error)
 else
-  echo "setup.sh: npm not found; the Node.js sampler, the web page and their tests need it (Node.js >= 18)" >&2
+  echo "setup.sh: npm not found; the Node.js sampler, the web page and their tests need it (Node.js 18 or later; tested on 20)" >&2
 fi
 # The browser test drives Debian's chromium (Playwright's own browser download needs the internet); the
 # scheduler test starts Debian's slurm-wlm (slurmctld, slurmd) and munge as a one-node cluster.

@@ -14,7 +14,8 @@ def available_trackers(log_with: str) -> list[str]:
     ready = []
     for name in wanted:
         if importlib.util.find_spec(name) is None:
-            extra = "pip install 'charlstm[tensorboard]'" if name == "tensorboard" else "pip install wandb"
+            tensorboard = "pip install 'charlstm[tensorboard]' (in a clone: .venv/bin/pip install -e '.[tensorboard]')"
+            extra = tensorboard if name == "tensorboard" else "pip install wandb"
             why = f"{name} is not installed ({extra})"
         elif name == "wandb" and not wandb_logged_in():
             why = "wandb is not logged in (wandb login)"

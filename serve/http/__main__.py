@@ -33,9 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--max-batch", type=int, default=64, help="sequences stepped together per tick (default 64)")
     parser.add_argument("--max-queue", type=int, default=256, help="requests waiting for room before 429 (default 256)")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask")
-    parser.add_argument("--max-prompt", type=int, default=16384, help="the longest prompt, in characters")
-    parser.add_argument("--max-body", type=int, default=1 << 20, help="the largest request body in bytes (413 above)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask (default 4096)"
+    )
+    parser.add_argument(
+        "--max-prompt", type=int, default=16384, help="the longest prompt, in characters (default 16384)"
+    )
+    parser.add_argument(
+        "--max-body", type=int, default=1 << 20, help="the largest request body in bytes (default 1 MiB; 413 above)"
+    )
     parser.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer KEY` (or set {API_KEY_ENV})")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         from serve.http.server import DrainingServer
     except ImportError as e:
         print(
-            f"error: the HTTP service needs its extra ({e.name} is missing): pip install 'charlstm[server]'",
+            f"error: the HTTP service needs its extra ({e.name} is missing): pip install 'charlstm[server]' "
+            "(in a clone: ./setup.sh installs it)",
             file=sys.stderr,
         )
         return 2
