@@ -649,18 +649,19 @@ def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards
     on the plain text the shards hold."""
     out = tmp_path / "disk" / "out"  # the same path on both hosts: host 0's disk0/out, host 1's disk1/out
 
-    def launch_both(name: str) -> list[subprocess.Popen]:
+    def launch_both(name: str, port: int) -> list[subprocess.Popen]:
         hosts = []
         for rank in (0, 1):
             # a peer stalled in a collective ends the run in its own words well before the test gives up
             cmd, env = launch_cmd(1, out, *shards, *LONG, "train.collective_timeout=60")
-            env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_PORT": "29511", "OMP_NUM_THREADS": "1"}
+            # each run its own rendezvous port: the first run's may still be held on host 0 when the rerun starts
+            env |= {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
             log = open(tmp_path / f"{name}{rank}.err", "w")  # noqa: SIM115
             hosts.append(two_hosts(rank, cmd, env, log))
             log.close()
         return hosts
 
-    hosts = launch_both("first")
+    hosts = launch_both("first", 29511)
     try:
         wait_for_step(tmp_path / "disk0" / "out", 60, hosts[0])
         for host in hosts:
@@ -676,7 +677,7 @@ def test_two_hosts_with_their_own_disks_stop_resume_and_finish(two_hosts, shards
     assert any((tmp_path / "disk1" / "cache" / "ids").glob("*.ids.npy"))
     assert any((tmp_path / "disk1" / "cache" / "sources").glob("*.json"))  # the shards' text, named once read
 
-    hosts = launch_both("rerun")
+    hosts = launch_both("rerun", 29512)
     try:
         logs = [tmp_path / f"rerun{rank}.err" for rank in (0, 1)]
         assert wait_for_hosts(hosts, 180, logs) == [0, 0], logs[0].read_text()[-2000:] + logs[1].read_text()[-2000:]

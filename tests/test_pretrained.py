@@ -104,19 +104,3 @@ def test_the_bundle_cards_commands_train_and_export_the_same_model_again(tmp_pat
         "The ", 300, **options
     )
     assert sample_of(card) == "ROMEO:" + Sampler(out / "t.onnx").generate("ROMEO:", 400, top_k=5, seed=0)
-
-
-def test_the_bundled_cards_commands_train_and_export_a_model_again(tmp_path):
-    """The card's own two commands, with the budget cut (a small text, 10 steps, fp32): the recipe trains from its
-    name, exports as the card says, and the result samples; the full command's loss is in docs/install.md."""
-    train, export = commands((MODELS / "shakespeare.md").read_text(encoding="utf-8"))
-    budget = [f"data.path={ENGLISH}", "train.max_steps=10", "train.max_minutes=null", "train.eval_every=10"]
-    budget += ["train.save_every=10", "train.mixed_precision=no", "train.eval_chars=4000"]
-    for command, extra in ((train, budget), (export, [])):
-        done = subprocess.run(
-            [str(BIN / command[0]), *command[1:], *extra], cwd=tmp_path, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-    again = Sampler(tmp_path / "shakespeare.onnx")
-    assert again.config["model"] == Sampler.pretrained().config["model"] and again.metadata["step"] == "10"
-    assert len(again.generate("ROMEO:", 100, top_k=5, seed=0)) == 100
