@@ -2,8 +2,10 @@
 # setup.sh: create .venv and install charlstm into it.
 #   ./setup.sh          training (text, JSON Lines, Parquet, CSV), export, sampling (onnxruntime for the CPU), the service
 #   ./setup.sh --gpu    the same with onnxruntime-gpu (never both: they are one Python module)
-#   ./setup.sh --dev    also pytest, ruff, Playwright, the HTTP service's extra and clients, and (as root)
-#                       Debian's chromium, slurm-wlm and munge (what the tests need)
+#   ./setup.sh --dev    also pytest, ruff, Playwright, the HTTP service's clients, and (as root, through
+#                       apt-get) Debian's chromium, slurm-wlm and munge (what the tests need)
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ./setup.sh   PyTorch's CPU wheel (PyPI's Linux torch
+#                       is a CUDA build of several GB); TORCH_VERSION=X another torch than 2.13.0
 # Where npm is present, both install the JavaScript samplers' packages (Node.js and the web page).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +14,7 @@ for arg in "$@"; do
   case "$arg" in
     --gpu) runtime=gpu ;;
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "error: unknown option $arg (see ./setup.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -22,7 +24,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 # torch first, pinned: on this kind of machine 2.13.0 is a CPU wheel on local disk; an unpinned torch
 # would pull a CUDA build of several GB. pyproject.toml keeps a range that 2.13.0 satisfies.
-pip install "torch==${TORCH_VERSION:-2.13.0}"
+pip install "torch==${TORCH_VERSION:-2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 extras="$runtime,data,server"  # server: python -m serve.http
 if [[ $dev == 1 ]]; then extras="$extras,dev"; fi
 pip install -e ".[$extras]"

@@ -44,6 +44,18 @@ def layout(length: int, batch: int, max_chars: int | None) -> tuple[int, int, in
     return batch, stream_len, stream_len if max_chars is None else min(stream_len, max_chars // batch)
 
 
+def streams_of(sampler: Sampler, streams: int | None) -> int:
+    """The streams a text is read as: `streams`, else the model's training batch (as the trainer evaluates)."""
+    return streams if streams is not None else int(sampler.config.get("train", {}).get("batch_size", 1))
+
+
+def predicted(sampler: Sampler, text: str, streams: int | None, unknown: str, max_chars: int | None) -> int:
+    """How many characters `score` predicts in `text`: the trainer's val_chars on the same split. Fewer than
+    the text holds: each stream's first character has no prediction, and a remainder of (length - 1) % B is left."""
+    batch, _, read_len = layout(len(sampler.encode(text, unknown)), streams_of(sampler, streams), max_chars)
+    return batch * read_len
+
+
 def score(
     sampler: Sampler,
     text: str,
@@ -58,8 +70,7 @@ def score(
     ids = sampler.encode(text, unknown, what)
     if len(ids) < 2:
         raise SamplerError("the text needs at least 2 known characters to score")
-    batch = streams if streams is not None else int(sampler.config.get("train", {}).get("batch_size", 1))
-    batch, stream_len, read_len = layout(len(ids), batch, max_chars)
+    batch, stream_len, read_len = layout(len(ids), streams_of(sampler, streams), max_chars)
     starts = np.arange(batch) * stream_len
     run = sampler.runner(batch)
     rows = np.arange(batch)
@@ -100,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except SamplerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bounded = f", at most {args.max_chars:,} scored" if args.max_chars is not None else ""
-    print(f"{loss:.6f} nats/char  {loss / math.log(2):.6f} bpc  ({len(text):,} characters{bounded}, {args.file})")
+    chars = predicted(sampler, text, args.streams, args.unknown, args.max_chars)
+    read = f"{chars:,} characters predicted of {len(text):,}"
+    print(f"{loss:.6f} nats/char  {loss / math.log(2):.6f} bpc  ({read}, {args.file})")
     return 0
 
 

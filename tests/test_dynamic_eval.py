@@ -195,6 +195,6 @@ def test_the_command_line(trained_run, tmp_path):
     result = run_cli("-m", "trainer.score", str(ckpt), str(text), "--dynamic", "--stats-text", str(text))
     assert result.returncode == 0, result.stderr
     static, dynamic = result.stdout.splitlines()
-    assert static.startswith("static ") and f"({len(NEW_TEXT) - 1:,} characters, {text})" in static
+    assert static.startswith("static ") and f"({len(NEW_TEXT) - 1:,} characters predicted, {text})" in static
     assert dynamic.startswith("dynamic ") and "rms, segment 5, lr 5e-05, decay 0.01" in dynamic
     assert "Traceback" not in result.stderr

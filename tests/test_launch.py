@@ -9,6 +9,7 @@ import pytest
 import yaml
 from helpers import ROOT, one_line_error
 
+from trainer.launch.cli import is_override
 from trainer.launch.plan import LaunchError, plan, slurm_hosts
 
 PY = "python"
@@ -206,6 +207,34 @@ def test_the_quickstart_trains_the_tiny_config():
     assert result.returncode == 0
     [line] = result.stdout.splitlines()
     assert line.endswith("-m trainer.train --config configs/tiny.yaml data.path=tinyshakespeare")
+    # overrides alone are the quickstart's, after its own so that they win; a config's name or path is not one
+    [line] = launch_sh("--dry-run", "out_dir=runs/mine", "train.max_minutes=1").stdout.splitlines()
+    assert line.endswith("--config configs/tiny.yaml data.path=tinyshakespeare out_dir=runs/mine train.max_minutes=1")
+    assert [is_override(a) for a in ("out_dir=x", "train.lr=1", "tiny", "configs/a=b.yaml", "=x")] == [1, 1, 0, 0, 0]
+
+
+def test_an_offline_quickstart_trains_into_a_folder_of_its_own(monkeypatch):
+    """Without the network the quickstart trains the Python documentation into runs/tiny_python_docs, so that a
+    later quickstart with the network trains Tiny Shakespeare into runs/tiny (and does not meet a run on another
+    text there); export and sample follow the out_dir, the user's own out_dir too."""
+    import trainer.launch.cli as cli
+
+    launched, ran = [], []
+    monkeypatch.setattr(cli, "launch", lambda args, dry_run: launched.append(args) or 0)
+
+    def offline(command, **kwargs):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 1 if command[1:3] == ["-m", "trainer.data"] else 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", offline)
+    assert cli.quickstart(False) == 0
+    assert launched[-1] == ["tiny", "data.path=builtin:python-docs", "out_dir=runs/tiny_python_docs"]
+    assert ran[1][-1] == "runs/tiny_python_docs/best.pt" and ran[2][3] == "runs/tiny_python_docs/best.onnx"
+    assert cli.quickstart(False, ["out_dir=runs/mine"]) == 0
+    assert launched[-1][-1] == "out_dir=runs/mine" and ran[-1][3] == "runs/mine/best.onnx"
+    before = len(ran)
+    assert cli.quickstart(False, ["data.path=mine.txt"]) == 0  # the user's own text: no download tried
+    assert [command[-1] for command in ran[before:]][:1] == ["runs/tiny/best.pt"] and len(ran) - before == 2
 
 
 @pytest.mark.parametrize("ended", [True, False])

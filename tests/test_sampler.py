@@ -123,6 +123,9 @@ def test_score_agrees_with_the_trainer(trained_run, trained_onnx, tmp_path):
     assert result.returncode == 0, result.stderr
     nats, bpc = float(result.stdout.split()[0]), float(result.stdout.split()[2])
     assert nats == pytest.approx(loss, abs=1e-6) and bpc == pytest.approx(loss / math.log(2), abs=1e-6)
+    events = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    val_chars = [e["val_chars"] for e in events if "val_chars" in e][-1]  # what the trainer read
+    assert f"({val_chars:,} characters predicted of {len(val):,}, " in result.stdout
 
 
 def test_score_agrees_with_the_trainer_on_a_bounded_part(trained_run, trained_onnx, tmp_path):
@@ -150,7 +153,7 @@ def test_score_agrees_with_the_trainer_on_a_bounded_part(trained_run, trained_on
     val_file.write_text(text, encoding="utf-8")
     result = run_cli("-m", "serve.score", str(trained_onnx), str(val_file), "--max-chars", "4000", "--quiet")
     assert result.returncode == 0 and float(result.stdout.split()[0]) == pytest.approx(bounded, abs=1e-6)
-    assert "at most 4,000 scored" in result.stdout
+    assert f"(4,000 characters predicted of {len(text):,}, " in result.stdout
     short = run_cli("-m", "serve.score", str(trained_onnx), str(val_file), "--max-chars", "3")
     assert short.returncode == 2 and "max_chars must be at least the number of streams (16)" in one_line_error(
         short.stderr

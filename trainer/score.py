@@ -148,7 +148,7 @@ def progress_line(what: str, total: int, quiet: bool) -> Callable[[int], None] |
 
 def report(result: dict, file: str) -> str:
     static = result["static"]
-    counted = f"{static['chars']:,} characters, {file}"
+    counted = f"{static['chars']:,} characters predicted, {file}"
     lines = [f"static   {static['nats']:.6f} nats/char  {static['bpc']:.6f} bpc  ({counted})"]
     if "dynamic" in result:
         d = result["dynamic"]

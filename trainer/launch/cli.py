@@ -2,6 +2,7 @@
 scheduler it runs under, or, with no arguments, the quickstart.
 
 usage: ./launch.sh                          the quickstart: train configs/tiny.yaml, export, print a sample
+       ./launch.sh key=value ...            the quickstart with overrides: out_dir=runs/mine, train.max_minutes=1
        ./launch.sh CONFIG [key=value ...]   train CONFIG (a file, or a shipped config's name: tiny,
                                             shakespeare, shakespeare_small, big) with dotted overrides
        ./launch.sh --dry-run CONFIG ...     print the command it would run, one line, and exit
@@ -39,6 +40,7 @@ ckpt.pt and exit 0. Run the same command again to resume, with any number of pro
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -132,30 +134,42 @@ def run_with_restarts(chosen: Plan, grace: float) -> int:
     return status
 
 
-def quickstart(dry_run: bool) -> int:
-    """Tiny Shakespeare (or, offline, the Python documentation): train configs/tiny.yaml, export, sample."""
-    python = sys.executable
-    data, prime = "tinyshakespeare", "ROMEO:"
-    if not dry_run and subprocess.run([python, "-m", "trainer.data", data], capture_output=True).returncode != 0:
+def quickstart(dry_run: bool, overrides: list[str] | None = None) -> int:
+    """Tiny Shakespeare (or, offline, the Python documentation): train configs/tiny.yaml, export, sample.
+    `overrides` (key=value) go to the training after the quickstart's own, so they win. Offline, the run goes to
+    runs/tiny_python_docs: a later quickstart with the network trains Tiny Shakespeare into runs/tiny instead of
+    meeting a run on another text."""
+    python, overrides = sys.executable, list(overrides or [])
+    data, prime, out_dir = "tinyshakespeare", "ROMEO:", None
+    own_text = any(o.startswith("data.path=") for o in overrides)
+    fetch = [python, "-m", "trainer.data", data]
+    if not (dry_run or own_text or subprocess.run(fetch, capture_output=True).returncode == 0):
         print(
             "charlstm: Tiny Shakespeare could not be downloaded (no network?); training on builtin:python-docs "
-            "(the Python reference documentation, 465,000 characters)",
+            "(the Python reference documentation, 465,000 characters) into runs/tiny_python_docs",
             file=sys.stderr,
         )
-        data, prime = "builtin:python-docs", "The "
-    status = launch(["tiny", f"data.path={data}"], dry_run)
+        data, prime, out_dir = "builtin:python-docs", "The ", "runs/tiny_python_docs"
+    args = ["tiny", f"data.path={data}", *([f"out_dir={out_dir}"] if out_dir else []), *overrides]
+    out_dir = next((o.split("=", 1)[1] for o in reversed(args) if o.startswith("out_dir=")), "runs/tiny")
+    status = launch(args, dry_run)
     if status != 0 or dry_run:
         return status
-    if subprocess.run([python, "-m", "export.onnx", "runs/tiny/best.pt"]).returncode != 0:
+    if subprocess.run([python, "-m", "export.onnx", f"{out_dir}/best.pt"]).returncode != 0:
         return 1
-    print("--- a sample from runs/tiny/best.onnx:", flush=True)
-    sample = ["-m", "serve.sample", "runs/tiny/best.onnx", "--prime", prime, "--length", "600", "--top-k", "5"]
+    print(f"--- a sample from {out_dir}/best.onnx:", flush=True)
+    sample = ["-m", "serve.sample", f"{out_dir}/best.onnx", "--prime", prime, "--length", "600", "--top-k", "5"]
     status = subprocess.run([python, *sample, "--seed", "0"]).returncode
     print(
-        f"--- more: {python} -m serve.sample runs/tiny/best.onnx --help; in a browser: {python} -m serve.web "
-        "runs/tiny/best.onnx --open"
+        f"--- more: {python} -m serve.sample {out_dir}/best.onnx --help; in a browser: {python} -m serve.web "
+        f"{out_dir}/best.onnx --open"
     )
     return status
+
+
+def is_override(arg: str) -> bool:
+    """key=value with a dotted key (train.max_minutes=1, out_dir=runs/x): never a config's path or name."""
+    return re.match(r"^[A-Za-z_][A-Za-z0-9_.]*=", arg) is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,14 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dry_run = args[:1] == ["--dry-run"]
     args = args[1:] if dry_run else args
-    return launch(args, dry_run) if args else quickstart(dry_run)
+    if all(is_override(arg) for arg in args):  # none at all: the quickstart as it is
+        return quickstart(dry_run, args)
+    return launch(args, dry_run)
 
 
 def quickstart_main(argv: list[str] | None = None) -> int:
-    """`charlstm-quickstart [--dry-run]`: the quickstart alone (what ./launch.sh does with no arguments), in
-    the current folder (runs/tiny/)."""
+    """`charlstm-quickstart [--dry-run] [key=value ...]`: the quickstart alone (what ./launch.sh does with no
+    arguments, or with overrides only), in the current folder (runs/tiny/)."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args != ["--dry-run"]:
-        print("usage: charlstm-quickstart [--dry-run] (trains runs/tiny/ here, exports, samples)", file=sys.stderr)
+    dry_run = args[:1] == ["--dry-run"]
+    args = args[1:] if dry_run else args
+    if not all(is_override(arg) for arg in args):
+        print(
+            "usage: charlstm-quickstart [--dry-run] [key=value ...] (trains runs/tiny/ here, exports, samples)",
+            file=sys.stderr,
+        )
         return 2
-    return quickstart(dry_run=bool(args))
+    return quickstart(dry_run, args)
